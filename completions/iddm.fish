@@ -1,0 +1,1 @@
+complete --command iddm --no-files --arguments "(env _IDDM_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) iddm)" --condition "env _IDDM_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) iddm"

@@ -1,0 +1,3 @@
+from iddm_cli.cli.app import main
+
+main()

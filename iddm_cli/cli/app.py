@@ -1,0 +1,36 @@
+"""The ``iddm`` root command: composes the command groups. Importing this module must not import torch."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from iddm_cli import __version__
+from iddm_cli.cli import dm
+
+app = typer.Typer(
+    name="iddm",
+    help="Train and sample diffusion models on your own image folders.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(dm.app, name="dm")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"iddm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True,
+                                           help="Print the version and exit."),
+) -> None:
+    """Train and sample diffusion models on your own image folders."""
+
+
+def main() -> None:
+    app(prog_name="iddm")

@@ -1,0 +1,339 @@
+"""Resolve a configuration: defaults < profile (with ``extends``) < ``--set key=value`` < explicit flags.
+
+Every problem is collected and raised together as one :class:`ConfigError`, each line naming where the value came
+from (file, ``--set`` or flag), its dotted key, the value and what was expected. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import sys
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from iddm_cli import __version__
+from iddm_cli.config.schema import FIELDS, SECTIONS, Config, FieldSpec
+from iddm_cli.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+MAX_EXTENDS_DEPTH = 8
+USER_PROFILE_DIR = Path("~/.config/iddm/profiles").expanduser()
+
+# Common spellings from other trainers that difflib cannot guess.
+ALIASES = {
+    "learning_rate": "lr", "img_size": "image_size", "resolution": "image_size", "bs": "batch_size",
+    "workers": "num_workers", "optimizer": "optim", "sampler": "sample", "timesteps": "noise_steps",
+    "schedule": "noise_schedule", "ema": "ema_decay", "grad_clip": "max_grad_norm", "width": "base_channels",
+    "channels": "base_channels", "activation": "act", "output_dir": "result_path", "data": "dataset_path",
+}
+
+
+@dataclass
+class Resolved:
+    config: Config
+    sources: dict[str, str]  # key name -> "default" | "profile:<path>" | "--set" | "--flag"
+    profile_files: list[Path]
+
+
+# ----------------------------------------------------------------------------------------------- profiles
+def shipped_profile_dir() -> Path:
+    """Profiles inside an installed wheel, or the repository's top-level ``profiles/`` in a checkout."""
+    packaged = Path(str(resources.files("iddm_cli"))) / "profiles"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "profiles"
+
+
+def available_profiles() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for folder in (USER_PROFILE_DIR, shipped_profile_dir()):  # shipped names win over user ones
+        if folder.is_dir():
+            found.update({p.stem: p for p in sorted(folder.glob("*.toml"))})
+    return found
+
+
+def find_profile(name: str, relative_to: Path | None = None) -> Path:
+    if name.endswith(".toml") or "/" in name or "\\" in name:
+        path = Path(name).expanduser()
+        if not path.is_absolute() and relative_to is not None:
+            path = relative_to / path
+        if not path.is_file():
+            raise ConfigError(f"profile file {path} does not exist")
+        return path
+    profiles = available_profiles()
+    if name in profiles:
+        return profiles[name]
+    hint = difflib.get_close_matches(name, list(profiles), n=1, cutoff=0.5)
+    did_you_mean = f"did you mean '{hint[0]}'? " if hint else ""
+    raise ConfigError(f"unknown profile '{name}': {did_you_mean}available: {', '.join(sorted(profiles))} "
+                      "(or give a path to a .toml file)")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: invalid TOML: {err}") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read profile: {err.strerror}") from None
+
+
+def load_profile_chain(name: str) -> list[tuple[Path, dict[str, Any]]]:
+    """The profile and its ``extends`` ancestors, base first."""
+    chain: list[tuple[Path, dict[str, Any]]] = []
+    path = find_profile(name)
+    while True:
+        if any(path.resolve() == p.resolve() for p, _ in chain):
+            raise ConfigError(f"{path}: 'extends' forms a cycle ({' -> '.join(str(p) for p, _ in chain)})")
+        if len(chain) >= MAX_EXTENDS_DEPTH:
+            raise ConfigError(f"{path}: 'extends' is nested more than {MAX_EXTENDS_DEPTH} deep")
+        data = _read_toml(path)
+        chain.append((path, data))
+        parent = data.get("extends")
+        if parent is None:
+            break
+        if not isinstance(parent, str):
+            raise ConfigError(f"{path}: extends = {parent!r}: expected a profile name or path")
+        path = find_profile(parent, relative_to=path.parent)
+    return chain[::-1]
+
+
+# ----------------------------------------------------------------------------------------------- keys
+def suggest(key: str) -> str:
+    """' (did you mean [train] epochs?)' or ''."""
+    name = key.split(".")[-1].lower()
+    target = ALIASES.get(name) or next(iter(difflib.get_close_matches(name, list(FIELDS), n=1, cutoff=0.6)), None)
+    if target is None:
+        return ""
+    spec = FIELDS[target]
+    return f" (did you mean [{spec.section}] {spec.name}?)"
+
+
+def lookup_key(key: str) -> FieldSpec | None:
+    """A key as a profile spells it: ``section.name`` or a bare ``name``."""
+    if "." in key:
+        section, _, name = key.partition(".")
+        spec = FIELDS.get(name)
+        return spec if spec is not None and spec.section == section else None
+    return FIELDS.get(key)
+
+
+def flatten_profile(path: Path, data: dict[str, Any], errors: list[str]) -> dict[str, Any]:
+    """Profile tables -> {key name: value}. Top-level bare keys (IDDM's flat names) are accepted too."""
+    flat: dict[str, Any] = {}
+    for top, value in data.items():
+        if top == "extends":
+            continue
+        if top in SECTIONS and isinstance(value, dict):
+            for name, inner in value.items():
+                spec = FIELDS.get(name)
+                if spec is None or spec.section != top:
+                    where = f" (it lives in [{spec.section}])" if spec else suggest(name)
+                    errors.append(f"{path}: unknown key [{top}] {name}{where}")
+                else:
+                    flat[name] = inner
+        elif top in FIELDS and not isinstance(value, dict):
+            flat[top] = value
+        else:
+            kind = "section" if isinstance(value, dict) else "key"
+            hint = suggest(top) if kind == "key" else _section_hint(top)
+            errors.append(f"{path}: unknown {kind} '{top}'{hint}")
+    return flat
+
+
+def _section_hint(name: str) -> str:
+    match = difflib.get_close_matches(name, list(SECTIONS), n=1, cutoff=0.6)
+    return f" (did you mean [{match[0]}]?)" if match else f" (sections: {', '.join(SECTIONS)})"
+
+
+def parse_set(item: str, errors: list[str]) -> tuple[FieldSpec, Any] | None:
+    """``key=value`` with the value read as TOML (bare words fall back to strings)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        errors.append(f"--set {item!r}: expected KEY=VALUE, for example --set optim.lr=1e-4")
+        return None
+    spec = lookup_key(key)
+    if spec is None:
+        errors.append(f"--set: unknown key '{key}'{suggest(key)}")
+        return None
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return spec, value
+
+
+# ----------------------------------------------------------------------------------------------- values
+_SIZE_RE = re.compile(r"^[\[(]?\s*(\d+)\s*(?:,\s*(\d+)\s*)?[\])]?$")
+
+
+def parse_image_size(value: Any) -> int | list[int] | None:
+    """64 | [64, 32] | "64" | "64,32" | "[64, 32]" | "(64,32)" -> 64 or [h, w]; None when malformed."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value > 0 else None
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+        h, w = value
+        return h if h == w else [h, w]
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value.strip())
+        if m:
+            return parse_image_size(int(m.group(1)) if m.group(2) is None else [int(m.group(1)), int(m.group(2))])
+    return None
+
+
+def coerce(spec: FieldSpec, value: Any) -> tuple[Any, str | None]:
+    """(value in its canonical form, None) or (None, what was expected)."""
+    k = spec.kind
+    if k == "size":
+        size = parse_image_size(value)
+        return (size, None) if size is not None else (None, "a positive size: 64 or [H, W]")
+    if k == "tristate":
+        if isinstance(value, bool) or value == "auto":
+            return value, None
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true", None
+        return None, 'true, false or "auto"'
+    if k == "bool":
+        return (value, None) if isinstance(value, bool) else (None, "true or false")
+    if k == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            return None, "an integer"
+    elif k == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None, "a number"
+        value = float(value)
+    elif k == "str" and not isinstance(value, str):
+        return None, "a string"
+    if spec.choices and value not in spec.choices:
+        return None, "one of " + ", ".join(spec.choices)
+    if spec.ge is not None and value < spec.ge:
+        return None, f"a value >= {spec.ge:g}"
+    if spec.gt is not None and value <= spec.gt:
+        return None, f"a value > {spec.gt:g}"
+    if spec.le is not None and value > spec.le:
+        return None, f"a value <= {spec.le:g}"
+    return value, None
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}" if not isinstance(value, str) else repr(value)
+
+
+# ----------------------------------------------------------------------------------------------- resolve
+def resolve(profile: str | None = None, sets: list[str] | tuple[str, ...] = (),
+            flags: dict[str, Any] | None = None) -> Resolved:
+    """Merge the layers, type-check every value, and return the config with each value's source."""
+    errors: list[str] = []
+    layers: list[tuple[str, dict[str, Any]]] = []  # (source, {key: raw value}), lowest first
+    files: list[Path] = []
+    if profile:
+        for path, data in load_profile_chain(profile):
+            files.append(path)
+            layers.append((f"profile:{path}", flatten_profile(path, data, errors)))
+    set_values: dict[str, Any] = {}
+    for item in sets:
+        parsed = parse_set(item, errors)
+        if parsed:
+            set_values[parsed[0].name] = parsed[1]
+    layers.append(("--set", set_values))
+    layers.append(("flag", {k: v for k, v in (flags or {}).items() if v is not None}))
+
+    values = {name: spec.default for name, spec in FIELDS.items()}
+    sources = dict.fromkeys(FIELDS, "default")
+    for source, layer in layers:
+        for name, raw in layer.items():
+            spec = FIELDS[name]
+            origin = spec.flag if source == "flag" else source.removeprefix("profile:")
+            value, expected = coerce(spec, raw)
+            if expected is not None:
+                errors.append(f"{origin}: {spec.dotted} = {_describe(raw)}: expected {expected}")
+                continue
+            values[name] = value
+            sources[name] = spec.flag if source == "flag" else source
+    if errors:
+        raise ConfigError(*errors)
+    return Resolved(build_config(values), sources, files)
+
+
+def build_config(values: dict[str, Any]) -> Config:
+    sections = {s: cls(**{n: values[n] for n, spec in FIELDS.items() if spec.section == s})
+                for s, cls in SECTIONS.items()}
+    return Config(**sections)
+
+
+def config_from_dict(data: dict[str, Any], origin: str) -> Config:
+    """Rebuild a config saved by :func:`to_toml` (config.toml, checkpoint metadata), checking every value."""
+    errors: list[str] = []
+    flat = flatten_profile(Path(origin), data, errors)
+    values = {name: spec.default for name, spec in FIELDS.items()}
+    for name, raw in flat.items():
+        value, expected = coerce(FIELDS[name], raw)
+        if expected is not None:
+            errors.append(f"{origin}: {FIELDS[name].dotted} = {_describe(raw)}: expected {expected}")
+        values[name] = value
+    if errors:
+        raise ConfigError(*errors)
+    return build_config(values)
+
+
+def to_toml(config: Config, header: str = "") -> str:
+    text = tomli_w.dumps(config.to_dict())
+    head = f"# resolved by iddm {__version__}{header}; usable as a profile (--profile FILE)\n"
+    return head + text
+
+
+# ----------------------------------------------------------------------------------------------- checks
+def source_of(resolved: Resolved, name: str) -> str:
+    src = resolved.sources[name]
+    return src.removeprefix("profile:")
+
+
+def check_runnable(resolved: Resolved) -> None:
+    """Cross-field rules, and settings whose engine this release does not have. All problems at once."""
+    c, errors = resolved.config, []
+
+    def bad(name: str, message: str) -> None:
+        errors.append(f"{source_of(resolved, name)}: {FIELDS[name].dotted}: {message}")
+
+    if c.model.latent:
+        bad("latent", "latent diffusion needs a trained autoencoder, and `iddm vae train` is not in this release "
+                      "yet; train in pixel space (drop --latent)")
+    if c.train.resume:
+        bad("resume", "resuming a run is not in this release yet; start a new run (drop --resume), or use "
+                      "--pretrain --pretrain-path RUN/ckpt_last.pt to start from its weights")
+    if c.device.distributed:
+        bad("distributed", "multi-GPU DDP training is not in this release yet; drop --distributed to train on "
+                           "one device (--use-gpu N picks it)")
+    if c.train.start_epoch != -1 and not c.train.resume:
+        bad("start_epoch", "only applies together with --resume")
+    if c.train.pretrain and not c.train.pretrain_path:
+        bad("pretrain", "needs --pretrain-path FILE")
+    if c.train.pretrain_path and not c.train.pretrain:
+        bad("pretrain_path", "is set but --pretrain is not: add --pretrain, or drop the path")
+    if c.model.base_channels % 4:
+        bad("base_channels", f"{c.model.base_channels} is not a multiple of 4 (the attention has 4 heads)")
+    divisor = 16 if c.model.network == "cspdarkunet" else 8
+    h, w = image_hw(c)
+    if h % divisor or w % divisor:
+        bad("image_size", f"{h}x{w} is not divisible by {divisor}, which the {c.model.network} network needs "
+                          f"(try {max(divisor, round(h / divisor) * divisor)})")
+    if errors:
+        raise ConfigError(*errors)
+
+
+def image_hw(config: Config) -> tuple[int, int]:
+    size = config.data.image_size
+    return (size, size) if isinstance(size, int) else (size[0], size[1])

@@ -1,0 +1,196 @@
+"""The training configuration: one dataclass per section, the single source of truth.
+
+Defaults, value kinds, choices, bounds and help text live here and nowhere else: ``--help``, ``--print-config``,
+the shipped profiles, ``config.toml`` in a run directory and the checkpoint metadata are all derived from these
+classes. Key names are unique across sections, so each key is also a flag (``batch_size`` -> ``--batch-size`` and
+IDDM's ``--batch_size``) and ``--set batch_size=16`` works as well as ``--set data.batch_size=16``.
+
+Every IDDM diffusion-training flag has a field here with the same name and meaning. A few fields belong to
+capabilities that later releases bring (latent diffusion, resume, DDP); setting them is refused with a message by
+:func:`iddm_cli.config.loader.validate` instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from iddm_cli import choices as C
+
+
+def opt(
+    default: Any,
+    help: str,
+    *,
+    kind: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    short: str | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+) -> Any:
+    """A config field with its metadata. ``kind`` is int|float|str|bool|size|tristate (inferred from the default)."""
+    kind = kind or type(default).__name__
+    meta = {"help": help, "kind": kind, "choices": choices, "short": short, "ge": ge, "gt": gt, "le": le}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    dataset_path: str = opt(
+        "", "Image folder: class subfolders train a conditional model, a folder of images an unconditional one. "
+        "'builtin:fashion-mnist' is the embedded demo set."
+    )
+    image_size: Any = opt(64, "Training size: 64 or H,W (IDDM spellings [64,32] and (64,32) parse too).",
+                          kind="size", short="-i")
+    conditional: Any = opt("auto", "Class-conditional training; auto = conditional when the folder has 2+ class "
+                           "subfolders.", kind="tristate", short="-c")
+    num_classes: int = opt(0, "Expected number of classes (0 = count the class subfolders).", ge=0)
+    augment: str = opt("iddm", "iddm: resize to 1.25x then RandomResizedCrop(0.8-1.0); resize: plain resize; "
+                       "hflip: resize plus random horizontal flips.", choices=C.AUGMENTS)
+    batch_size: int = opt(2, "Images per step (per device, as in IDDM).", short="-b", ge=1)
+    num_workers: int = opt(0, "DataLoader worker processes.", ge=0)
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    network: str = opt("unet", "Denoising network.", choices=C.NETWORKS)
+    base_channels: int = opt(64, "Network width: channels of the first U-Net stage (64 = IDDM's unet; "
+                             "cspdarkunet uses half of it at its stem). Multiple of 4.", ge=4)
+    act: str = opt("gelu", "Activation used throughout the network.", choices=C.ACTIVATIONS)
+    latent: bool = opt(False, "Latent diffusion through a frozen autoencoder (not available in this release).",
+                       short="-l")
+    autoencoder_network: str = opt("vae", "Autoencoder network for latent diffusion.", choices=C.AUTOENCODERS)
+    autoencoder_ckpt: str = opt("", "Autoencoder checkpoint for latent diffusion.")
+
+
+@dataclass(kw_only=True)
+class DiffusionConfig:
+    noise_steps: int = opt(1000, "Diffusion steps T.", ge=2)
+    noise_schedule: str = opt("linear", "Beta schedule.", choices=C.NOISE_SCHEDULES)
+    sample: str = opt("ddpm", "Default sampler recorded in the checkpoint for `iddm sample`; training previews "
+                      "use deterministic DDIM.", choices=C.SAMPLERS, short="-s")
+    cfg_scale: float = opt(3.0, "Classifier-free guidance scale for previews (1 = no guidance).", ge=0.0)
+    cfg_dropout: float = opt(0.1, "Per-sample probability of training on the null class (conditional only).",
+                             ge=0.0, le=1.0)
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    optim: str = opt("adamw", "Optimizer.", choices=C.OPTIMIZERS)
+    lr: float = opt(3e-4, "Peak learning rate.", gt=0.0)
+    lr_func: str = opt("linear", "Learning-rate schedule, computed every step: linear = constant (IDDM), cosine, "
+                       "warmup_cosine.", choices=C.LR_FUNCS)
+    warmup_epochs: float = opt(5.0, "Warm-up length for warmup_cosine, in epochs (fractions allowed).", ge=0.0)
+    loss: str = opt("mse", "Loss between predicted and true noise.", choices=C.LOSSES)
+    max_grad_norm: float = opt(1.0, "Clip the gradient norm to this value (0 = no clipping).", ge=0.0)
+    ema_decay: float = opt(0.995, "EMA decay after warm-up; the warm-up uses min(decay, (1+n)/(10+n)).",
+                           ge=0.0, le=1.0)
+    amp: bool = opt(False, "Mixed precision: bf16 autocast where supported, else fp16 with a GradScaler on CUDA.")
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    seed: int = opt(0, "Random seed.", ge=0)
+    epochs: int = opt(300, "Epochs to train.", short="-e", ge=1)
+    run_name: str = opt("df", "Run directory name under result_path.", short="-n")
+    result_path: str = opt("results", "Folder that holds run directories.")
+    log_every: int = opt(50, "Steps between status lines and metrics.jsonl records.", ge=1)
+    resume: bool = opt(False, "Resume an interrupted run (not available in this release).", short="-r")
+    start_epoch: int = opt(-1, "With resume: the epoch checkpoint to continue from (-1 = the last).", ge=-1)
+    pretrain: bool = opt(False, "Initialise the network from --pretrain-path.")
+    pretrain_path: str = opt("", "Checkpoint whose weights initialise the network.")
+
+
+@dataclass(kw_only=True)
+class SaveConfig:
+    save_model_interval: bool = opt(False, "Also keep ckpt_NNN.pt every save_model_interval_epochs epochs.")
+    save_model_interval_epochs: int = opt(10, "Epochs between kept checkpoints.", ge=1)
+    start_model_interval: int = opt(-1, "Keep interval checkpoints only after this many epochs.", ge=-1)
+
+
+@dataclass(kw_only=True)
+class VisConfig:
+    vis: bool = opt(False, "Write a sample grid from the EMA weights during training.", short="-v")
+    vis_interval: int = opt(1, "Epochs between sample grids (the last epoch always gets one).", ge=1)
+    num_vis: int = opt(-1, "Images per class in the grid (conditional) or in total (unconditional); -1 = 8.",
+                       ge=-1)
+    vis_steps: int = opt(50, "DDIM steps for the preview grid.", ge=1)
+    image_format: str = opt("png", "Format of sample grids.", choices=C.IMAGE_FORMATS)
+
+
+@dataclass(kw_only=True)
+class DeviceConfig:
+    use_gpu: int = opt(0, "CUDA device index when a GPU is present; CPU is used otherwise.", ge=0)
+    distributed: bool = opt(False, "Multi-GPU DDP training (not available in this release).")
+    main_gpu: int = opt(0, "DDP: the rank that writes files.", ge=0)
+    world_size: int = opt(2, "DDP: number of processes.", ge=1)
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "diffusion": DiffusionConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+    "save": SaveConfig,
+    "vis": VisConfig,
+    "device": DeviceConfig,
+}
+
+
+@dataclass(kw_only=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    save: SaveConfig = field(default_factory=SaveConfig)
+    vis: VisConfig = field(default_factory=VisConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """Everything known about one key: where it lives, its default and its metadata."""
+
+    section: str
+    name: str
+    default: Any
+    kind: str
+    help: str
+    choices: tuple[str, ...] | None
+    short: str | None
+    ge: float | None
+    gt: float | None
+    le: float | None
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.section}.{self.name}"
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _specs() -> dict[str, FieldSpec]:
+    specs: dict[str, FieldSpec] = {}
+    for section, cls in SECTIONS.items():
+        instance = cls()
+        for f in dataclasses.fields(cls):
+            m = f.metadata
+            assert f.name not in specs, f"config key {f.name} is defined twice"
+            specs[f.name] = FieldSpec(section, f.name, getattr(instance, f.name), m["kind"], m["help"],
+                                      m["choices"], m["short"], m["ge"], m["gt"], m["le"])
+    return specs
+
+
+FIELDS: dict[str, FieldSpec] = _specs()  # key name -> spec, in section order

@@ -1,0 +1,181 @@
+"""Image folders: layout detection (class subfolders or a flat folder), channel detection, and the Dataset.
+
+Labels are indices into the sorted class-folder names (ImageFolder semantics, as in IDDM). Gray datasets give
+1-channel tensors and colour ones 3-channel, in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+from torchvision import transforms
+
+from iddm_cli.errors import ConfigError, DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_DATASETS = {"fashion-mnist": Path(__file__).resolve().parents[1] / "demo_data" / "fashion-mnist"}
+CACHE_LIMIT_BYTES = 1 << 30  # keep pre-resized images in RAM when they fit in this
+
+
+@dataclass
+class DatasetInfo:
+    root: Path
+    conditional: bool
+    class_names: list[str]
+    samples: list[tuple[Path, int]]  # (file, label); label 0 when unconditional
+    channels: int
+    class_counts: dict[str, int]
+    notes: list[str] = field(default_factory=list)  # things worth telling the user (ignored files, ...)
+    size_stats: tuple[int, int, int] = (0, 0, 0)  # min, median, max of the shorter side
+
+    def summary(self) -> str:
+        kind = f"conditional, {len(self.class_names)} classes" if self.conditional else "unconditional"
+        mode = "gray" if self.channels == 1 else "RGB"
+        return f"{len(self.samples)} images in {self.root} ({kind}, {mode})"
+
+
+def resolve_dataset_path(value: str) -> Path:
+    if value.startswith(BUILTIN_PREFIX):
+        name = value[len(BUILTIN_PREFIX):]
+        if name not in BUILTIN_DATASETS:
+            raise ConfigError(f"data.dataset_path: unknown built-in dataset '{name}' "
+                              f"(available: {', '.join(BUILTIN_PREFIX + n for n in BUILTIN_DATASETS)})")
+        return BUILTIN_DATASETS[name]
+    return Path(value).expanduser()
+
+
+def _visible(path: Path | str) -> bool:
+    return not (path.name if isinstance(path, Path) else path).startswith(".")
+
+
+def _images_in(folder: Path, recursive: bool) -> list[Path]:
+    pattern = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in pattern if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                  and all(_visible(part) for part in p.relative_to(folder).parts))
+
+
+def scan_dataset(dataset_path: str, conditional: bool | str = "auto", num_classes: int = 0) -> DatasetInfo:
+    """Find the images and decide the layout; every problem that cannot train is a DataError (exit 3)."""
+    if not dataset_path:
+        raise ConfigError("data.dataset_path is not set: pass --dataset-path DIR or use a profile "
+                          "(--profile demo trains on the embedded dataset)")
+    root = resolve_dataset_path(dataset_path)
+    if not root.exists():
+        raise DataError(f"dataset path {root} does not exist (data.dataset_path)")
+    if not root.is_dir():
+        raise DataError(f"dataset path {root} is not a folder (data.dataset_path)")
+
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and _visible(p))
+    per_class = {d.name: _images_in(d, recursive=True) for d in class_dirs}
+    loose = _images_in(root, recursive=False)
+    notes: list[str] = []
+
+    if conditional is False:
+        files = _images_in(root, recursive=True)
+        samples = [(p, 0) for p in files]
+        class_names: list[str] = []
+    else:
+        empty = [name for name, imgs in per_class.items() if not imgs]
+        filled = [name for name, imgs in per_class.items() if imgs]
+        use_classes = conditional is True or len(filled) >= 2
+        if conditional is True and not class_dirs:
+            raise DataError(f"--conditional needs one subfolder per class, but {root} holds its images directly; "
+                            "drop --conditional to train an unconditional model")
+        if use_classes:
+            if empty:
+                raise DataError(f"class folder {root / empty[0]} has no images"
+                                + (f" (and {len(empty) - 1} more empty class folders)" if len(empty) > 1 else "")
+                                + "; add images or remove the folder")
+            class_names = filled
+            samples = [(p, i) for i, name in enumerate(class_names) for p in per_class[name]]
+            if loose:
+                notes.append(f"{len(loose)} images directly in {root} are ignored (they belong to no class)")
+        else:
+            class_names = []
+            samples = [(p, 0) for imgs in [loose, *per_class.values()] for p in imgs]
+
+    if not samples:
+        raise DataError(f"no images ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) found in {root}")
+    is_conditional = bool(class_names)
+    if is_conditional and num_classes and num_classes != len(class_names):
+        raise DataError(f"data.num_classes is {num_classes} but {root} has {len(class_names)} class folders "
+                        f"({', '.join(class_names[:5])}{', ...' if len(class_names) > 5 else ''})")
+    channels, sizes = _inspect_headers(samples)
+    counts = {name: sum(1 for _, label in samples if label == i) for i, name in enumerate(class_names)}
+    return DatasetInfo(root, is_conditional, class_names, samples, channels, counts, notes, sizes)
+
+
+def _inspect_headers(samples: list[tuple[Path, int]]) -> tuple[int, tuple[int, int, int]]:
+    """Open every header (cheap: no pixel decoding): 1 channel when all images are gray, else 3."""
+    gray, short_sides, bad = True, [], []
+    for path, _ in samples:
+        try:
+            with Image.open(path) as img:
+                gray = gray and img.mode in GRAY_MODES
+                short_sides.append(min(img.size))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            bad.append(path)
+    if bad:
+        raise DataError(f"{len(bad)} file(s) cannot be read as images, first: {bad[0]}; remove or fix them")
+    return (1 if gray else 3), (min(short_sides), int(statistics.median(short_sides)), max(short_sides))
+
+
+def load_image(path: Path, channels: int) -> Image.Image:
+    """Decode and convert to L or RGB; transparent pixels are composited over white, EXIF rotation applied."""
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+            img = img.point(lambda v: v / 256).convert("L") if img.mode != "F" else img.convert("L")
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(background, rgba)
+        return img.convert("L" if channels == 1 else "RGB")
+
+
+def build_transforms(augment: str, size: tuple[int, int]) -> tuple[transforms.Compose, transforms.Compose]:
+    """(deterministic part, random part). The deterministic resize is what the RAM cache stores."""
+    h, w = size
+    if augment == "iddm":  # IDDM: Resize(1.25x) then RandomResizedCrop(scale 0.8-1.0), no flips
+        pre = transforms.Resize((int(h * 1.25), int(w * 1.25)), antialias=True)
+        rand = [transforms.RandomResizedCrop((h, w), scale=(0.8, 1.0), antialias=True)]
+    else:
+        pre = transforms.Resize((h, w), antialias=True)
+        rand = [transforms.RandomHorizontalFlip()] if augment == "hflip" else []
+    return transforms.Compose([pre]), transforms.Compose(rand)
+
+
+class ImageFolderDataset(Dataset):
+    """Yields (image in [-1, 1] of shape (C, H, W), label)."""
+
+    def __init__(self, info: DatasetInfo, augment: str, size: tuple[int, int]):
+        self.samples = info.samples
+        self.channels = info.channels
+        self.pre, self.rand = build_transforms(augment, size)
+        h, w = size
+        self.cache_enabled = len(self.samples) * int(h * 1.25) * int(w * 1.25) * self.channels < CACHE_LIMIT_BYTES
+        self.cache: dict[int, Image.Image] = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        img = self.cache.get(index)
+        if img is None:
+            try:
+                img = self.pre(load_image(path, self.channels))
+            except (OSError, ValueError) as err:
+                raise DataError(f"cannot decode {path}: {err}") from None
+            if self.cache_enabled:
+                self.cache[index] = img
+        x = TF.to_tensor(self.rand(img))  # (C, H, W) in [0, 1]
+        return x * 2 - 1, label

@@ -1,0 +1,1 @@
+"""Gaussian diffusion: noise schedules, the forward process and samplers."""

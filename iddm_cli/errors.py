@@ -1,0 +1,39 @@
+"""Errors that are the user's to fix, and the exit codes they map to.
+
+Commands turn these into one line on stderr (all lines for a ConfigError) and an exit code; a traceback is shown
+only with ``--debug`` or ``IDDM_DEBUG=1``. Anything else that escapes is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    FAILURE = 1
+    USAGE = 2  # bad flag, bad profile, bad config value
+    DATA = 3  # missing, empty or unusable dataset
+    INTERRUPTED = 130
+
+
+class IddmError(Exception):
+    """Base class: a problem the user can fix. ``problems`` holds one line per problem."""
+
+    exit_code: ExitCode = ExitCode.FAILURE
+
+    def __init__(self, *problems: str):
+        self.problems = [p for p in problems if p]
+        super().__init__("\n".join(self.problems))
+
+
+class ConfigError(IddmError):
+    exit_code = ExitCode.USAGE
+
+
+class DataError(IddmError):
+    exit_code = ExitCode.DATA
+
+
+class CheckpointError(IddmError):
+    exit_code = ExitCode.USAGE

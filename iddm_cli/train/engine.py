@@ -1,0 +1,352 @@
+"""Pixel-space diffusion training.
+
+Two phases, so ``--dry-run`` can stop between them: :func:`plan_training` checks the dataset, device and output
+folder and builds the model without writing anything; :func:`train` creates the run directory and runs the loop.
+Durations are counted in optimizer steps; every step draws its randomness from a generator seeded by
+(seed, step), and every epoch's data order from (seed, epoch), so a run is a pure function of its config.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from iddm_cli.config import Config, image_hw, to_toml
+from iddm_cli.data.folder import DatasetInfo, ImageFolderDataset, scan_dataset
+from iddm_cli.diffusion.ddim import ddim_sample
+from iddm_cli.diffusion.schedule import Diffusion
+from iddm_cli.errors import ConfigError
+from iddm_cli.nets import build_network, count_parameters
+from iddm_cli.train import checkpoint as ckpt
+from iddm_cli.train.ema import EMA
+from iddm_cli.train.objectives import LOSSES, LR_FUNCS, OPTIMIZERS
+from iddm_cli.train.preview import save_grid
+from iddm_cli.train.reporting import Reporter
+from iddm_cli.train.rundir import RunLogger, check_writable, plan_run_dir
+
+PREVIEW_BATCH = 64
+
+
+@dataclass
+class Plan:
+    config: Config
+    data: DatasetInfo
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    use_scaler: bool
+    image_size: tuple[int, int]
+    network: dict[str, Any]  # {"name": ..., "kwargs": {...}}: enough to rebuild the model
+    model: nn.Module
+    steps_per_epoch: int
+    run_dir: Path
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.config.train.epochs
+
+    def describe(self) -> list[str]:
+        c = self.config
+        amp = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}
+        h, w = self.image_size
+        return [
+            f"data:      {self.data.summary()}",
+            f"model:     {self.network['name']} base {c.model.base_channels}, act {c.model.act}, "
+            f"{count_parameters(self.model):,} parameters, {self.data.channels}x{h}x{w}",
+            f"diffusion: T={c.diffusion.noise_steps}, {c.diffusion.noise_schedule} schedule, epsilon prediction, "
+            f"{c.optim.loss} loss",
+            f"optimizer: {c.optim.optim} lr {c.optim.lr:g} ({c.optim.lr_func}), clip {c.optim.max_grad_norm:g}, "
+            f"EMA {c.optim.ema_decay:g}",
+            f"device:    {self.device} ({amp[self.amp_dtype]})",
+            f"schedule:  {c.train.epochs} epochs x {self.steps_per_epoch} steps = {self.total_steps} steps, "
+            f"batch {c.data.batch_size}",
+            f"run dir:   {self.run_dir}",
+            *self.notes,
+        ]
+
+
+# ----------------------------------------------------------------------------------------------- planning
+def select_device(config: Config) -> torch.device:
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        if config.device.use_gpu >= n:
+            raise ConfigError(f"device.use_gpu = {config.device.use_gpu}, but this machine has {n} GPU(s) "
+                              f"(valid: 0..{n - 1})")
+        return torch.device("cuda", config.device.use_gpu)
+    return torch.device("cpu")
+
+
+def select_amp(device: torch.device, enabled: bool) -> tuple[torch.dtype | None, bool, str | None]:
+    """(autocast dtype or None, use a GradScaler, note): bf16 where the hardware has it, else fp16 on CUDA."""
+    if not enabled:
+        return None, False, None
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, False, None
+        return torch.float16, True, "this GPU has no bf16: --amp uses fp16 with a GradScaler"
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.bfloat16, False, None
+    return None, False, "this CPU has no bf16 support: --amp is ignored and training stays in fp32"
+
+
+def plan_training(config: Config) -> Plan:
+    """Validate data, device and output folder, and build the model. Writes nothing."""
+    data = scan_dataset(config.data.dataset_path, config.data.conditional, config.data.num_classes)
+    device = select_device(config)
+    amp_dtype, use_scaler, amp_note = select_amp(device, config.optim.amp)
+    run_dir, dir_note = plan_run_dir(config.train.result_path, config.train.run_name)
+    problem = check_writable(run_dir)
+    if problem:
+        raise ConfigError(f"train.result_path: cannot create {run_dir}: {problem}")
+    kwargs = {"in_channels": data.channels, "out_channels": data.channels,
+              "base_channels": config.model.base_channels, "num_classes": len(data.class_names),
+              "act": config.model.act}
+    torch.manual_seed(config.train.seed)  # the initial weights depend on the seed alone
+    model = build_network(config.model.network, **kwargs)
+    steps_per_epoch = math.ceil(len(data.samples) / config.data.batch_size)
+    notes = [n for n in (amp_note, dir_note, *data.notes) if n]
+    h, w = image_hw(config)
+    if data.size_stats[1] and data.size_stats[1] < min(h, w):
+        notes.append(f"note: half the images are smaller than {min(h, w)} px (median {data.size_stats[1]} px) "
+                     "and will be upscaled")
+    return Plan(config, data, device, amp_dtype, use_scaler, (h, w),
+                {"name": config.model.network, "kwargs": kwargs}, model, steps_per_epoch, run_dir, notes)
+
+
+# ----------------------------------------------------------------------------------------------- training
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    final_loss: float
+    checkpoint: Path
+    previews: list[Path]
+    skipped_steps: int
+
+
+def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
+
+
+class _Session:
+    """The state of one training run: model, EMA, optimizer, data, logs, and the per-step update."""
+
+    def __init__(self, plan: Plan, reporter: Reporter, logger: RunLogger):
+        c = plan.config
+        self.plan, self.c, self.reporter, self.logger = plan, c, reporter, logger
+        self.device = plan.device
+        self.model = plan.model.to(self.device).train()
+        self.ema = EMA(self.model, c.optim.ema_decay)
+        self.optimizer = OPTIMIZERS[c.optim.optim](self.model.parameters(), c.optim.lr)
+        self.scaler = torch.amp.GradScaler("cuda") if plan.use_scaler else None
+        self.loss_fn = LOSSES[c.optim.loss]()
+        self.diffusion = Diffusion(c.diffusion.noise_schedule, c.diffusion.noise_steps)
+        self.lr_func = LR_FUNCS[c.optim.lr_func]
+        self.warmup = round(c.optim.warmup_epochs * plan.steps_per_epoch)
+        self.loader_gen = torch.Generator()
+        self.loader = DataLoader(
+            ImageFolderDataset(plan.data, c.data.augment, plan.image_size), batch_size=c.data.batch_size,
+            shuffle=True, generator=self.loader_gen, num_workers=c.data.num_workers,
+            pin_memory=self.device.type == "cuda", persistent_workers=c.data.num_workers > 0, drop_last=False)
+        self.step = 0
+        self.skipped = 0
+        self.previews: list[Path] = []
+
+    # one optimizer step ------------------------------------------------------------------------------------
+    def train_step(self, x0: torch.Tensor, y: torch.Tensor) -> tuple[float, float, float] | None:
+        """Returns (loss, grad norm, lr), or None when the step was skipped for a non-finite value."""
+        c, b = self.c, x0.shape[0]
+        x0 = x0.to(self.device, non_blocking=True)  # (B, C, H, W) in [-1, 1]
+        g = step_generator(c.train.seed, self.step, self.device)
+        t = torch.randint(0, self.diffusion.T, (b,), device=self.device, generator=g)
+        noise = torch.randn(x0.shape, device=self.device, generator=g)
+        labels = None
+        if self.plan.data.conditional:  # per-sample label dropout to the null class (classifier-free guidance)
+            labels = y.to(self.device, non_blocking=True)
+            drop = torch.rand(b, device=self.device, generator=g) < c.diffusion.cfg_dropout
+            labels = torch.where(drop, torch.full_like(labels, len(self.plan.data.class_names)), labels)
+        x_t = self.diffusion.q_sample(x0, t, noise)
+
+        # lr for this step (per step, not per epoch; the first step already trains)
+        lr = c.optim.lr * self.lr_func(self.step, self.plan.total_steps, self.warmup)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+        # forward, backward
+        with torch.autocast(self.device.type, dtype=self.plan.amp_dtype or torch.float32,
+                            enabled=self.plan.amp_dtype is not None):
+            pred = self.model(x_t, t, labels)
+        loss = self.loss_fn(pred.float(), noise)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+
+        # clip, guard against non-finite values, step, EMA
+        max_norm = c.optim.max_grad_norm or float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        self.step += 1
+        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):  # CPU-GPU sync point
+            self.skipped += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.update()
+            self.logger.log(f"step {self.step}: non-finite loss or gradient, step skipped ({self.skipped} so far)")
+            return None
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.ema.update(self.model)
+        return loss.item(), grad_norm.item(), lr
+
+    # one epoch ----------------------------------------------------------------------------------------------
+    def run_epoch(self, epoch: int) -> float:
+        c, spe = self.c, self.plan.steps_per_epoch
+        self.loader_gen.manual_seed(c.train.seed * 7919 + epoch)  # data order of this epoch
+        torch.manual_seed(c.train.seed * 104729 + epoch)  # augmentation draws of this epoch
+        self.reporter.start_epoch(epoch, c.train.epochs, spe)
+        window: list[float] = []
+        epoch_losses: list[float] = []
+        t0, images = time.perf_counter(), 0
+        for i, (x0, y) in enumerate(self.loader):
+            out = self.train_step(x0, y)
+            images += x0.shape[0]
+            if out is not None:
+                window.append(out[0])
+                epoch_losses.append(out[0])
+                self.reporter.step(i + 1, out[0])
+            if self.step % c.train.log_every == 0 or i + 1 == spe:
+                elapsed = time.perf_counter() - t0
+                self._log_status(epoch, i + 1, window, out, images / max(elapsed, 1e-9))
+                window, t0, images = [], time.perf_counter(), 0
+        return sum(epoch_losses) / max(len(epoch_losses), 1)
+
+    def _log_status(self, epoch: int, done: int, window: list[float], last: Any, ips: float) -> None:
+        c = self.c
+        loss = sum(window) / len(window) if window else float("nan")
+        grad = last[1] if last else float("nan")
+        lr = self.optimizer.param_groups[0]["lr"]
+        line = (f"epoch {epoch + 1}/{c.train.epochs} step {done}/{self.plan.steps_per_epoch} "
+                f"(total {self.step}) loss {loss:.4f} lr {lr:.2e} grad {grad:.3f} {ips:.1f} img/s")
+        self.logger.log(line)
+        self.logger.metrics({"event": "train", "step": self.step, "epoch": epoch + 1, "loss": loss, "lr": lr,
+                             "grad_norm": grad, "images_per_s": ips, "skipped_steps": self.skipped})
+        self.reporter.status(line)
+
+    # end of epoch: checkpoints and previews -----------------------------------------------------------------
+    def checkpoint_payload(self, epochs_done: int) -> dict[str, Any]:
+        p, data = self.plan, self.plan.data
+        return {
+            "format": ckpt.FORMAT, "format_version": ckpt.FORMAT_VERSION, "kind": "dm",
+            "config": self.c.to_dict(),
+            "network": p.network,
+            "data": {"image_size": list(p.image_size), "channels": data.channels, "conditional": data.conditional,
+                     "class_names": data.class_names, "class_counts": data.class_counts},
+            "diffusion": self.diffusion.describe(),
+            "versions": ckpt.versions(),
+            "progress": {"epoch": epochs_done, "step": self.step, "skipped_steps": self.skipped},
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "ema_updates": self.ema.updates,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+        }
+
+    def save(self, epochs_done: int) -> Path:
+        s, run_dir = self.c.save, self.plan.run_dir
+        last = run_dir / "ckpt_last.pt"
+        ckpt.save_checkpoint(last, self.checkpoint_payload(epochs_done))
+        if s.save_model_interval and epochs_done > s.start_model_interval \
+                and epochs_done % s.save_model_interval_epochs == 0:
+            kept = run_dir / f"ckpt_{epochs_done:03d}.pt"
+            tmp = kept.with_name(f".{kept.name}.tmp")
+            shutil.copyfile(last, tmp)
+            tmp.replace(kept)
+        return last
+
+    def preview(self, epochs_done: int) -> Path:
+        c, data = self.c, self.plan.data
+        per = c.vis.num_vis if c.vis.num_vis > 0 else 8
+        if data.conditional:
+            labels = torch.arange(len(data.class_names), device=self.device).repeat_interleave(per)
+        else:
+            labels = None
+        n = labels.numel() if labels is not None else per
+        g = torch.Generator().manual_seed(c.train.seed)  # the same noise every time: progress is comparable
+        noise = torch.randn(n, data.channels, *self.plan.image_size, generator=g).to(self.device)
+        chunks = []
+        for i in range(0, n, PREVIEW_BATCH):
+            y = labels[i:i + PREVIEW_BATCH] if labels is not None else None
+            chunks.append(ddim_sample(self.ema.model, self.diffusion, noise[i:i + PREVIEW_BATCH], y,
+                                      c.vis.vis_steps, c.diffusion.cfg_scale))
+        images = torch.cat(chunks)
+        rows = len(data.class_names) if data.conditional else max(1, round(math.sqrt(n)))
+        path = self.plan.run_dir / "vis" / f"ema_{epochs_done:03d}.{c.vis.image_format}"
+        save_grid(images, path, rows, data.class_names or None, c.vis.image_format)
+        self.previews.append(path)
+        return path
+
+
+def create_run_dir(plan: Plan) -> Path:
+    """Create the planned folder; if another run took the name meanwhile, take the next free one."""
+    while True:
+        if plan.run_dir.is_dir() and not any(plan.run_dir.iterdir()):
+            return plan.run_dir  # an empty folder (made by hand, say) is free to use
+        try:
+            plan.run_dir.mkdir(parents=True)
+            return plan.run_dir
+        except FileExistsError:
+            plan.run_dir, _ = plan_run_dir(plan.config.train.result_path, plan.config.train.run_name)
+
+
+def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, Any] | None = None) -> TrainResult:
+    """Run the whole training; returns where everything went."""
+    reporter = reporter or Reporter()
+    c = plan.config
+    run_dir = create_run_dir(plan)
+    (run_dir / "config.toml").write_text(to_toml(c), encoding="utf-8")
+    (run_dir / "cli.json").write_text(json.dumps({"argv": sys.argv, **(provenance or {})}, indent=2) + "\n",
+                                      encoding="utf-8")
+    logger = RunLogger(run_dir)
+    try:
+        for line in plan.describe():
+            logger.log(line)
+            reporter.info(line)
+        session = _Session(plan, reporter, logger)
+        if c.train.pretrain:
+            path = Path(c.train.pretrain_path).expanduser()
+            for note in ckpt.load_pretrained(session.model, ckpt.load_checkpoint(path), path):
+                logger.log(note)
+                reporter.info(note)
+            session.ema = EMA(session.model, c.optim.ema_decay)
+        last, mean_loss = run_dir / "ckpt_last.pt", float("nan")
+        for epoch in range(c.train.epochs):
+            mean_loss = session.run_epoch(epoch)
+            done = epoch + 1
+            last = session.save(done)
+            summary = {"event": "epoch", "step": session.step, "epoch": done, "loss": mean_loss,
+                       "skipped_steps": session.skipped}
+            if c.vis.vis and (done % c.vis.vis_interval == 0 or done == c.train.epochs):
+                summary["preview"] = str(session.preview(done).relative_to(run_dir))
+            logger.metrics(summary)
+            logger.log(f"epoch {done}/{c.train.epochs} done: mean loss {mean_loss:.4f}")
+            reporter.end_epoch(epoch, summary)
+        logger.log(f"finished: {session.step} steps, checkpoint {last}")
+        return TrainResult(run_dir, session.step, mean_loss, last, session.previews, session.skipped)
+    finally:
+        logger.close()
+        reporter.close()

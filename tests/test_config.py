@@ -1,0 +1,140 @@
+"""Config resolution: precedence, provenance, profiles, every error at once, round trips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from iddm_cli.config import FIELDS, check_runnable, resolve, to_toml
+from iddm_cli.config.loader import config_from_dict, parse_image_size
+from iddm_cli.errors import ConfigError
+
+import sys
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_defaults_match_iddm():
+    c = resolve().config
+    assert (c.train.seed, c.train.epochs, c.data.batch_size, c.data.image_size) == (0, 300, 2, 64)
+    assert (c.optim.optim, c.optim.lr, c.optim.loss, c.optim.lr_func) == ("adamw", 3e-4, "mse", "linear")
+    assert (c.model.network, c.model.act, c.diffusion.noise_schedule) == ("unet", "gelu", "linear")
+    assert isinstance(c.diffusion.cfg_scale, float)
+
+
+def test_precedence_and_provenance(tmp_path):
+    profile = write(tmp_path / "p.toml", "[optim]\nlr = 1e-3\n[data]\nbatch_size = 8\nimage_size = 32\n"
+                                         "[train]\nepochs = 7\n")
+    r = resolve(str(profile), ["data.batch_size=16", "epochs=9"], {"epochs": 11})
+    c = r.config
+    assert c.optim.lr == 1e-3 and r.sources["lr"] == f"profile:{profile}"
+    assert c.data.batch_size == 16 and r.sources["batch_size"] == "--set"
+    assert c.train.epochs == 11 and r.sources["epochs"] == "--epochs"  # the flag beats --set and the profile
+    assert c.data.image_size == 32 and r.sources["seed"] == "default"
+
+
+def test_extends_chain_and_cycle(tmp_path):
+    write(tmp_path / "base.toml", "[optim]\nlr = 5e-4\n[train]\nepochs = 3\n")
+    child = write(tmp_path / "child.toml", 'extends = "base.toml"\n[train]\nepochs = 4\n')
+    c = resolve(str(child)).config
+    assert (c.optim.lr, c.train.epochs) == (5e-4, 4)
+    write(tmp_path / "a.toml", 'extends = "b.toml"\n')
+    write(tmp_path / "b.toml", 'extends = "a.toml"\n')
+    with pytest.raises(ConfigError, match="cycle"):
+        resolve(str(tmp_path / "a.toml"))
+
+
+def test_shipped_profile_extends_by_name(tmp_path):
+    child = write(tmp_path / "mine.toml", 'extends = "demo"\n[train]\nepochs = 2\n')
+    c = resolve(str(child)).config
+    assert c.data.dataset_path == "builtin:fashion-mnist" and c.train.epochs == 2
+
+
+def test_every_problem_reported_at_once_with_suggestions(tmp_path):
+    profile = write(tmp_path / "bad.toml", '[data]\nbatchsize = 4\nimage_size = "big"\n[optim]\nlr = "fast"\n'
+                                           'optim = "adamx"\n[trian]\nepochs = 1\n')
+    with pytest.raises(ConfigError) as err:
+        resolve(str(profile), ["learning_rate=1"])
+    problems = err.value.problems
+    text = "\n".join(problems)
+    assert len(problems) == 6, text
+    assert f"{profile}: unknown key [data] batchsize (did you mean [data] batch_size?)" in problems
+    assert f"{profile}: optim.lr = 'fast': expected a number" in problems
+    assert "expected one of adam, adamw, sgd" in text
+    assert "unknown section 'trian' (did you mean [train]?)" in text
+    assert "--set: unknown key 'learning_rate' (did you mean [optim] lr?)" in text
+    assert "data.image_size = 'big'" in text
+
+
+def test_key_in_the_wrong_section_is_named(tmp_path):
+    profile = write(tmp_path / "p.toml", "[train]\nlr = 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown key \[train\] lr \(it lives in \[optim\]\)"):
+        resolve(str(profile))
+
+
+def test_unknown_profile_suggests():
+    with pytest.raises(ConfigError, match="unknown profile 'cifar': did you mean 'cifar10'"):
+        resolve("cifar")
+
+
+def test_invalid_toml_names_the_file(tmp_path):
+    profile = write(tmp_path / "broken.toml", "[data\n")
+    with pytest.raises(ConfigError, match="broken.toml: invalid TOML"):
+        resolve(str(profile))
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("64", 64), ("64,32", [64, 32]), ("[64,32]", [64, 32]), ("(64, 32)", [64, 32]), ("[32, 32]", 32),
+    (48, 48), ([16, 8], [16, 8]), ("0", None), ("64x", None), (True, None), ("1,2,3", None),
+])
+def test_image_size_spellings(text, expected):
+    assert parse_image_size(text) == expected
+
+
+def test_types_and_bounds():
+    for sets, match in [(["epochs=0"], "expected a value >= 1"), (["amp=1"], "expected true or false"),
+                        (["epochs=2.5"], "expected an integer"), (["cfg_dropout=2"], "expected a value <= 1"),
+                        (["lr=0"], "expected a value > 0"), (["batch_size=true"], "expected an integer")]:
+        with pytest.raises(ConfigError, match=match):
+            resolve(sets=sets)
+    assert resolve(sets=["cfg_scale=7"]).config.diffusion.cfg_scale == 7.0  # an int is a fine float
+    assert resolve(sets=["run_name=exp_1"]).config.train.run_name == "exp_1"  # bare word -> string
+
+
+def test_print_config_round_trips(tmp_path):
+    r = resolve("cifar10", ["cfg_scale=7.5", "image_size=[32, 16]"])
+    text = to_toml(r.config)
+    path = write(tmp_path / "again.toml", text)
+    again = resolve(str(path)).config
+    assert again == r.config
+    assert config_from_dict(tomllib.loads(text), "x") == r.config
+
+
+def test_features_of_later_releases_are_refused_not_ignored():
+    r = resolve(sets=["latent=true", "resume=true", "distributed=true", "image_size=20", "base_channels=6"])
+    with pytest.raises(ConfigError) as err:
+        check_runnable(r)
+    text = "\n".join(err.value.problems)
+    for key in ("model.latent", "train.resume", "device.distributed", "data.image_size", "model.base_channels"):
+        assert key in text
+    assert "--set: data.image_size: 20x20 is not divisible by 8" in text
+
+
+def test_pretrain_needs_its_path():
+    with pytest.raises(ConfigError, match="needs --pretrain-path"):
+        check_runnable(resolve(flags={"pretrain": True}))
+    with pytest.raises(ConfigError, match="add --pretrain"):
+        check_runnable(resolve(flags={"pretrain_path": "x.pt"}))
+
+
+def test_every_key_is_unique_and_documented():
+    for spec in FIELDS.values():
+        assert spec.help and spec.help.endswith((".", ")")), spec.name
