@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,6 @@ from iddm_cli.config import FIELDS, check_runnable, resolve, to_toml
 from iddm_cli.config.loader import config_from_dict, parse_image_size
 from iddm_cli.errors import ConfigError
 
-import sys
 if sys.version_info >= (3, 11):
     import tomllib
 else:

@@ -323,8 +323,10 @@ def check_runnable(resolved: Resolved) -> None:
         bad("pretrain", "needs --pretrain-path FILE")
     if c.train.pretrain_path and not c.train.pretrain:
         bad("pretrain_path", "is set but --pretrain is not: add --pretrain, or drop the path")
-    if c.model.base_channels % 4:
-        bad("base_channels", f"{c.model.base_channels} is not a multiple of 4 (the attention has 4 heads)")
+    multiple = 8 if c.model.network == "cspdarkunet" else 4  # 4 attention heads on the narrowest stage
+    if c.model.base_channels % multiple:
+        bad("base_channels", f"{c.model.base_channels} is not a multiple of {multiple}, which {c.model.network} "
+                             "needs (its attention has 4 heads)")
     divisor = 16 if c.model.network == "cspdarkunet" else 8
     h, w = image_hw(c)
     if h % divisor or w % divisor:

@@ -59,7 +59,7 @@ class DataConfig:
 class ModelConfig:
     network: str = opt("unet", "Denoising network.", choices=C.NETWORKS)
     base_channels: int = opt(64, "Network width: channels of the first U-Net stage (64 = IDDM's unet; "
-                             "cspdarkunet uses half of it at its stem). Multiple of 4.", ge=4)
+                             "cspdarkunet uses half of it at its stem). Multiple of 4 (8 for cspdarkunet).", ge=4)
     act: str = opt("gelu", "Activation used throughout the network.", choices=C.ACTIVATIONS)
     latent: bool = opt(False, "Latent diffusion through a frozen autoencoder (not available in this release).",
                        short="-l")

@@ -33,7 +33,7 @@ def guided_eps(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, y: torc
 @torch.no_grad()
 def ddim_sample(model: torch.nn.Module, diffusion: Diffusion, noise: torch.Tensor, labels: torch.Tensor | None,
                 steps: int = 50, cfg_scale: float = 1.0) -> torch.Tensor:
-    """DDIM with eta = 0 (Song et al. 2021, eq. 12); x0 clipped to [-1, 1]. Returns images in [-1, 1]."""
+    """DDIM with eta = 0 (Song et al. 2021, eq. 12), the predicted x0 clipped to [-1, 1]. Returns [-1, 1] images."""
     abar = diffusion.alpha_bar.to(noise.device)
     x = noise
     ts = timesteps(diffusion.T, steps)
@@ -43,6 +43,8 @@ def ddim_sample(model: torch.nn.Module, diffusion: Diffusion, noise: torch.Tenso
         a_t = abar[t]
         a_prev = abar[ts[i + 1]] if i + 1 < len(ts) else torch.ones((), device=x.device)
         x0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
-        eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()  # re-derived so the step agrees with the clipped x0
+        # The direction term keeps the model's own eps. Re-deriving eps from the clipped x0 (improved-diffusion's
+        # choice) turns the large x0 errors of the first, nearly pure-noise steps into saturated speckle that
+        # survives to the end on small, briefly trained models; diffusers' DDIM default keeps it, as here.
         x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
     return x.clamp(-1, 1)

@@ -25,7 +25,8 @@ def cosine_betas(T: int, s: float = 0.008) -> torch.Tensor:
 def sqrt_linear_betas(T: int) -> torch.Tensor:
     """Latent-diffusion's "scaled linear": betas linear in sqrt space, sqrt(1e-4)..sqrt(0.02), squared."""
     scale = 1000 / T
-    return torch.linspace(math.sqrt(scale * 1e-4), math.sqrt(scale * 0.02), T, dtype=torch.float64).pow(2).clamp(max=0.999)
+    roots = torch.linspace(math.sqrt(scale * 1e-4), math.sqrt(scale * 0.02), T, dtype=torch.float64)
+    return roots.pow(2).clamp(max=0.999)
 
 
 def sqrt_betas(T: int, s: float = 1e-4) -> torch.Tensor:

@@ -25,7 +25,7 @@ FORMAT_VERSION = 1
 
 
 def versions() -> dict[str, str]:
-    return {"iddm": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    return {"iddm": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -55,7 +55,8 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        reason = str(err).splitlines()[0][:160]
+        lines = [x.strip() for x in str(err).splitlines()]
+        reason = next((x for x in lines if "Unsupported global" in x), lines[0] if lines else "")[:200]
         raise CheckpointError(f"{path} holds objects that could run code when loaded, so it was not loaded "
                               f"({reason}); use checkpoints written by iddm") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:

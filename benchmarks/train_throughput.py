@@ -1,0 +1,106 @@
+"""Training throughput of the real training step (forward, backward, clip, optimizer, EMA).
+
+    python benchmarks/train_throughput.py                       # unet, 32x32, batch 8, fp32 and --amp
+    python benchmarks/train_throughput.py --base-channels 16 --steps 20
+    python benchmarks/train_throughput.py --channels-last --compile   # GPU options
+
+Prints images/s, peak memory and achieved GFLOP/s (FLOPs of one step counted with torch.utils.flop_counter)
+for each precision, on the device that is present (CUDA if available, else CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+
+from iddm_cli.config import resolve
+from iddm_cli.train.engine import _Session, plan_training
+from iddm_cli.train.reporting import SilentReporter
+from iddm_cli.train.rundir import RunLogger
+
+
+def make_data(root: Path, size: int, classes: int = 10) -> Path:
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True)
+        Image.new("RGB", (size, size), (20 * c, 128, 200)).save(root / f"c{c}" / "0.png")
+    return root
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB -> MiB, whole process
+
+
+def bench(args: argparse.Namespace, amp: bool, tmp: Path) -> dict[str, float | str]:
+    flags = {"dataset_path": str(make_data(tmp / f"data-{amp}", args.image_size)), "result_path": str(tmp),
+             "run_name": f"bench-{amp}", "image_size": args.image_size, "batch_size": args.batch_size,
+             "network": args.network, "base_channels": args.base_channels, "amp": amp, "augment": "resize"}
+    plan = plan_training(resolve(flags=flags).config)
+    plan.run_dir.mkdir(parents=True)
+    session = _Session(plan, SilentReporter(), RunLogger(plan.run_dir))
+    if args.channels_last:
+        session.model = session.model.to(memory_format=torch.channels_last)
+    if args.compile:
+        session.model = torch.compile(session.model)
+    device = plan.device
+    x0 = torch.rand(args.batch_size, 3, args.image_size, args.image_size) * 2 - 1
+    y = torch.randint(0, 10, (args.batch_size,))
+    if args.channels_last:
+        x0 = x0.to(memory_format=torch.channels_last)
+
+    with FlopCounterMode(display=False) as counter:  # one step, before compilation effects matter
+        session.train_step(x0, y)
+    flops = counter.get_total_flops()
+    for _ in range(args.warmup):
+        session.train_step(x0, y)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        session.train_step(x0, y)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / args.steps
+    precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[plan.amp_dtype]
+    return {"precision": ("--amp " if amp else "") + precision, "images_per_s": args.batch_size / seconds,
+            "ms_per_step": 1000 * seconds, "peak_mb": peak_memory_mb(device), "gflops": flops / seconds / 1e9,
+            "device": str(device)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--network", default="unet")
+    parser.add_argument("--base-channels", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--precisions", default="fp32,amp", help="comma list of fp32, amp")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+    print(f"# {args.network} base {args.base_channels}, {args.image_size}x{args.image_size}, batch {args.batch_size}, "
+          f"channels_last={args.channels_last}, compile={args.compile}; {name}; torch {torch.__version__}")
+    print(f"{'precision':<14}{'images/s':>10}{'ms/step':>10}{'peak MiB':>10}{'GFLOP/s':>10}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for which in args.precisions.split(","):
+            r = bench(args, which == "amp", Path(tmp))
+            print(f"{r['precision']:<14}{r['images_per_s']:>10.1f}{r['ms_per_step']:>10.1f}{r['peak_mb']:>10.0f}"
+                  f"{r['gflops']:>10.1f}")
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

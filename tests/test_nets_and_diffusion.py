@@ -1,0 +1,95 @@
+"""Networks, schedules, the DDIM preview sampler and the registries."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from iddm_cli import choices
+from iddm_cli.diffusion.ddim import ddim_sample, timesteps
+from iddm_cli.diffusion.schedule import SCHEDULES, Diffusion
+from iddm_cli.nets import NETWORKS, build_network, count_parameters
+from iddm_cli.nets.layers import ACTIVATIONS
+from iddm_cli.train.objectives import LOSSES, LR_FUNCS, OPTIMIZERS
+
+
+def test_registries_match_the_cli_choices():
+    assert tuple(NETWORKS) == choices.NETWORKS
+    assert tuple(ACTIVATIONS) == choices.ACTIVATIONS
+    assert tuple(SCHEDULES) == choices.NOISE_SCHEDULES
+    assert tuple(LOSSES) == choices.LOSSES
+    assert tuple(OPTIMIZERS) == choices.OPTIMIZERS
+    assert tuple(LR_FUNCS) == choices.LR_FUNCS
+
+
+@pytest.mark.parametrize("name,expected", [("unet", 23_332_739), ("cspdarkunet", 7_641_955)])
+def test_parameter_counts_match_iddm(name, expected):
+    model = build_network(name, in_channels=3, out_channels=3, base_channels=64, num_classes=0, act="gelu")
+    assert count_parameters(model) == expected
+    conditional = build_network(name, in_channels=3, out_channels=3, base_channels=64, num_classes=10, act="gelu")
+    assert count_parameters(conditional) == expected + 11 * 256  # 10 classes + the null class
+
+
+@pytest.mark.parametrize("act", choices.ACTIVATIONS)
+def test_every_activation_is_applied(act):
+    torch.manual_seed(0)
+    model = build_network("unet", in_channels=1, out_channels=1, base_channels=4, num_classes=0, act=act)
+    kinds = {type(m) for m in model.modules()}
+    expected = type(ACTIVATIONS[act]())
+    assert expected in kinds
+    others = {type(ACTIVATIONS[a]()) for a in choices.ACTIVATIONS if a != act} - {expected}
+    assert not kinds & others
+
+
+def test_gray_and_rgb_shapes_and_null_class():
+    model = build_network("unet", in_channels=1, out_channels=1, base_channels=4, num_classes=3, act="silu")
+    x, t = torch.randn(2, 1, 16, 8), torch.tensor([0, 999])
+    assert model(x, t, torch.tensor([0, 2])).shape == (2, 1, 16, 8)
+    # no label means the learned null class (index 3)
+    assert torch.equal(model(x, t), model(x, t, torch.tensor([3, 3])))
+
+
+@pytest.mark.parametrize("name", choices.NOISE_SCHEDULES)
+def test_schedules_are_valid(name):
+    d = Diffusion(name, 1000)
+    assert d.alpha_bar.shape == (1000,)
+    assert torch.all(d.betas > 0) and torch.all(d.betas < 1)
+    assert torch.all(d.alpha_bar[1:] < d.alpha_bar[:-1])  # strictly more noise at every step
+    assert d.alpha_bar[0] > 0.97 and d.alpha_bar[-1] < 1e-2
+
+
+def test_q_sample_matches_the_closed_form():
+    d = Diffusion("linear", 1000)
+    x0, noise, t = torch.ones(2, 1, 2, 2), torch.zeros(2, 1, 2, 2), torch.tensor([0, 999])
+    out = d.q_sample(x0, t, noise)
+    assert torch.allclose(out[:, 0, 0, 0], d.alpha_bar[t].sqrt())
+
+
+def test_timesteps_spacing():
+    assert timesteps(1000, 4) == [999, 749, 499, 249]
+    assert timesteps(20, 50) == list(range(19, -1, -1))
+
+
+class _Oracle(nn.Module):
+    """The optimal epsilon predictor for data that is a single point mu."""
+
+    num_classes = 0
+
+    def __init__(self, diffusion: Diffusion, mu: float):
+        super().__init__()
+        self.abar, self.mu = diffusion.alpha_bar, mu
+
+    def forward(self, x, t, y=None):
+        a = self.abar[t].view(-1, 1, 1, 1)
+        return (x - a.sqrt() * self.mu) / (1 - a).sqrt()
+
+
+def test_ddim_recovers_the_data_and_is_deterministic():
+    d = Diffusion("cosine", 1000)
+    noise = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    out = ddim_sample(_Oracle(d, 0.5), d, noise, None, steps=10)
+    assert torch.allclose(out, torch.full_like(out, 0.5), atol=1e-4)
+    assert torch.equal(out, ddim_sample(_Oracle(d, 0.5), d, noise, None, steps=10))
+    # x0 is clipped to the data range: an oracle for 3.0 lands on 1.0, never beyond
+    assert ddim_sample(_Oracle(d, 3.0), d, noise, None, steps=10).max() <= 1.0

@@ -1,0 +1,153 @@
+"""Real (tiny) training runs through the CLI and the engine."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from iddm_cli import choices
+from iddm_cli.config import resolve
+from iddm_cli.train.checkpoint import load_checkpoint
+from iddm_cli.train.engine import plan_training, train
+from iddm_cli.train.reporting import SilentReporter
+from tests.conftest import TINY, make_dataset
+
+
+def run_engine(data, out, **flags):
+    base = {"dataset_path": str(data), "result_path": str(out), "image_size": 8, "base_channels": 4,
+            "noise_steps": 20, "epochs": 1, "batch_size": 4, "augment": "resize", "log_every": 1}
+    config = resolve(flags={**base, **flags}).config
+    return train(plan_training(config), SilentReporter())
+
+
+def test_conditional_run_directory(invoke, cond_data, tmp_path):
+    out = tmp_path / "results"
+    result = invoke("dm", "train", "--dataset-path", cond_data, "--result-path", out, "--run-name", "exp",
+                    "--vis", "--num-vis", "2", "--vis-steps", "3", "--epochs", "2", "--save-model-interval",
+                    "--save-model-interval-epochs", "1", *TINY[:6], "--batch-size", "4", "--augment", "iddm",
+                    "--log-every", "1")
+    assert result.exit_code == 0, result.output
+    run = out / "exp"
+    names = {p.name for p in run.iterdir()}
+    assert {"config.toml", "cli.json", "train.log", "metrics.jsonl", "ckpt_last.pt", "ckpt_001.pt",
+            "ckpt_002.pt", "vis"} <= names
+    assert sorted(p.name for p in (run / "vis").iterdir()) == ["ema_001.png", "ema_002.png"]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["event"] == "train"]
+    assert {"step", "epoch", "loss", "lr", "grad_norm", "images_per_s"} <= set(steps[0])
+    assert [r["step"] for r in steps] == list(range(1, 11))  # 18 images / batch 4 = 5 steps x 2 epochs
+    ckpt = load_checkpoint(run / "ckpt_last.pt")
+    assert ckpt["data"]["class_names"] == ["cat", "dog", "owl"]
+    assert ckpt["data"]["class_counts"] == {"cat": 6, "dog": 6, "owl": 6}
+    assert ckpt["data"]["channels"] == 3 and ckpt["data"]["image_size"] == [8, 8]
+    assert ckpt["progress"] == {"epoch": 2, "step": 10, "skipped_steps": 0}
+    assert ckpt["ema_updates"] == 10 and ckpt["ema"] and ckpt["optimizer"]["state"]
+    assert "parameters" in result.output
+
+
+def test_grid_has_one_row_per_class(cond_data, tmp_path):
+    from PIL import Image
+
+    result = run_engine(cond_data, tmp_path, vis=True, num_vis=2, vis_steps=2)
+    grid = Image.open(result.previews[0])
+    one = run_engine(make_dataset(tmp_path / "two", ["a", "b"]), tmp_path, vis=True, num_vis=2, vis_steps=2)
+    # three rows vs two rows of equally sized cells
+    assert grid.height > Image.open(one.previews[0]).height
+
+
+def test_unconditional_gray_keeps_ema(flat_gray, tmp_path):
+    result = run_engine(flat_gray, tmp_path, vis=True, num_vis=4, vis_steps=2, image_format="jpg")
+    ckpt = load_checkpoint(result.checkpoint)
+    assert ckpt["data"]["conditional"] is False and ckpt["data"]["channels"] == 1
+    assert ckpt["network"]["kwargs"]["in_channels"] == 1 and ckpt["network"]["kwargs"]["num_classes"] == 0
+    assert ckpt["ema"] and ckpt["ema_updates"] == 2
+    assert result.previews[0].suffix == ".jpg"
+
+
+def test_single_subfolder_is_unconditional(tmp_path):
+    data = make_dataset(tmp_path / "landscape", ["images"])
+    result = run_engine(data, tmp_path)
+    assert load_checkpoint(result.checkpoint)["data"]["conditional"] is False
+
+
+def test_new_run_never_overwrites(cond_data, tmp_path):
+    first = run_engine(cond_data, tmp_path, run_name="same")
+    before = first.checkpoint.read_bytes()
+    second = run_engine(cond_data, tmp_path, run_name="same")
+    assert second.run_dir.name == "same-2"
+    assert first.checkpoint.read_bytes() == before
+
+
+def test_same_seed_same_weights(cond_data, tmp_path):
+    a = run_engine(cond_data, tmp_path / "a")
+    b = run_engine(cond_data, tmp_path / "b")
+    wa, wb = load_checkpoint(a.checkpoint)["model"], load_checkpoint(b.checkpoint)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    c = run_engine(cond_data, tmp_path / "c", seed=1)
+    wc = load_checkpoint(c.checkpoint)["model"]
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+@pytest.mark.parametrize("key,values", [
+    ("network", choices.NETWORKS), ("act", choices.ACTIVATIONS), ("optim", choices.OPTIMIZERS),
+    ("loss", choices.LOSSES), ("lr_func", choices.LR_FUNCS), ("noise_schedule", choices.NOISE_SCHEDULES),
+])
+def test_every_choice_trains(cond_data, tmp_path, key, values):
+    for value in values:
+        flags = {key: value, "run_name": value}
+        if key == "network" and value == "cspdarkunet":
+            flags.update(image_size=16, base_channels=8)
+        result = run_engine(cond_data, tmp_path, **flags)
+        ckpt = load_checkpoint(result.checkpoint)
+        assert result.steps == 5 and result.skipped_steps == 0
+        assert ckpt["config"][{"network": "model", "act": "model", "noise_schedule": "diffusion"}.get(
+            key, "optim")][key] == value
+        assert torch.isfinite(torch.tensor(result.final_loss))
+
+
+def test_training_reduces_the_loss(tmp_path):
+    data = make_dataset(tmp_path / "d", ["a", "b"], per_class=16)
+    result = run_engine(data, tmp_path, epochs=6, lr=3e-3, noise_schedule="cosine")
+    records = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if r["event"] == "epoch"]
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_amp_flag_trains_on_cpu(cond_data, tmp_path):
+    result = run_engine(cond_data, tmp_path, amp=True)
+    assert result.steps == 5 and torch.isfinite(torch.tensor(result.final_loss))
+    for p in load_checkpoint(result.checkpoint)["model"].values():
+        assert p.dtype == torch.float32  # the weights stay fp32
+
+
+def test_lr_is_set_per_step_and_warmup_starts_above_zero(cond_data, tmp_path):
+    result = run_engine(cond_data, tmp_path, lr_func="warmup_cosine", warmup_epochs=1.0, epochs=2, lr=1e-3)
+    lrs = [json.loads(x)["lr"] for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()
+           if '"train"' in x]
+    assert lrs[0] == pytest.approx(1e-3 / 5)  # step 1 of a 5-step warm-up
+    assert lrs[4] == pytest.approx(1e-3) and lrs[5] == pytest.approx(1e-3)  # peak, then cosine from 1.0
+    # decays every step, not once per epoch
+    assert all(a > b for a, b in zip(lrs[5:], lrs[6:], strict=False)) and lrs[-1] > 0
+
+
+def test_tensorboard_events_when_installed(cond_data, tmp_path):
+    pytest.importorskip("tensorboard")
+    result = run_engine(cond_data, tmp_path)
+    assert list((result.run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_explain_shows_sources(invoke, tmp_path):
+    profile = tmp_path / "p.toml"
+    profile.write_text("[optim]\nlr = 0.001\n")
+    from typer.testing import CliRunner
+
+    from iddm_cli.cli.app import app
+
+    result = CliRunner().invoke(app, ["dm", "train", "--profile", str(profile), "--set", "seed=3", "--epochs", "2",
+                                      "--explain", "--print-config"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0
+    lines = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") >= 3}
+    assert str(profile) in lines["optim.lr"] and "--set" in lines["train.seed"]
+    assert "--epochs" in lines["train.epochs"] and "default" in lines["data.batch_size"]
