@@ -72,7 +72,8 @@ def bench(args: argparse.Namespace, amp: bool, tmp: Path) -> dict[str, float | s
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / args.steps
     precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[plan.amp_dtype]
-    return {"precision": ("--amp " if amp else "") + precision, "images_per_s": args.batch_size / seconds,
+    label = f"--amp ({precision})" if amp else precision  # --amp stays fp32 where there is no bf16 or CUDA fp16
+    return {"precision": label, "images_per_s": args.batch_size / seconds,
             "ms_per_step": 1000 * seconds, "peak_mb": peak_memory_mb(device), "gflops": flops / seconds / 1e9,
             "device": str(device)}
 
@@ -93,11 +94,11 @@ def main() -> None:
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     print(f"# {args.network} base {args.base_channels}, {args.image_size}x{args.image_size}, batch {args.batch_size}, "
           f"channels_last={args.channels_last}, compile={args.compile}; {name}; torch {torch.__version__}")
-    print(f"{'precision':<14}{'images/s':>10}{'ms/step':>10}{'peak MiB':>10}{'GFLOP/s':>10}")
+    print(f"{'precision':<16}{'images/s':>10}{'ms/step':>10}{'peak MiB':>10}{'GFLOP/s':>10}")
     with tempfile.TemporaryDirectory() as tmp:
         for which in args.precisions.split(","):
             r = bench(args, which == "amp", Path(tmp))
-            print(f"{r['precision']:<14}{r['images_per_s']:>10.1f}{r['ms_per_step']:>10.1f}{r['peak_mb']:>10.0f}"
+            print(f"{r['precision']:<16}{r['images_per_s']:>10.1f}{r['ms_per_step']:>10.1f}{r['peak_mb']:>10.0f}"
                   f"{r['gflops']:>10.1f}")
             sys.stdout.flush()
 
