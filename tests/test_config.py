@@ -128,6 +128,14 @@ def test_features_of_later_releases_are_refused_not_ignored():
     assert "--set: data.image_size: 20x20 is not divisible by 8" in text
 
 
+def test_settings_that_would_do_nothing_are_refused():
+    r = resolve(flags={"autoencoder_ckpt": "vae.pt", "world_size": 4, "main_gpu": 1})
+    with pytest.raises(ConfigError) as err:
+        check_runnable(r)
+    assert len(err.value.problems) == 3
+    assert "--world-size: device.world_size: only applies together with --distributed" in err.value.problems
+
+
 def test_pretrain_needs_its_path():
     with pytest.raises(ConfigError, match="needs --pretrain-path"):
         check_runnable(resolve(flags={"pretrain": True}))

@@ -66,6 +66,19 @@ def test_unconditional_gray_keeps_ema(flat_gray, tmp_path):
     assert result.previews[0].suffix == ".jpg"
 
 
+def test_every_image_format_and_mixed_modes(tmp_path):
+    from PIL import Image
+
+    data = tmp_path / "formats"
+    for i, ext in enumerate(["jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff"]):
+        make_dataset(data, ["a", "b"], per_class=1, ext=ext, mode="RGB" if i % 2 else "L")
+    Image.new("RGBA", (12, 12), (255, 0, 0, 0)).save(data / "a" / "transparent.png")
+    Image.new("P", (12, 12)).save(data / "b" / "palette.gif")  # not a training format: ignored
+    result = run_engine(data, tmp_path)
+    ckpt = load_checkpoint(result.checkpoint)
+    assert ckpt["data"]["class_counts"] == {"a": 8, "b": 7} and ckpt["data"]["channels"] == 3
+
+
 def test_single_subfolder_is_unconditional(tmp_path):
     data = make_dataset(tmp_path / "landscape", ["images"])
     result = run_engine(data, tmp_path)

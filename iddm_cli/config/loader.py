@@ -317,6 +317,11 @@ def check_runnable(resolved: Resolved) -> None:
     if c.device.distributed:
         bad("distributed", "multi-GPU DDP training is not in this release yet; drop --distributed to train on "
                            "one device (--use-gpu N picks it)")
+    if c.model.autoencoder_ckpt and not c.model.latent:
+        bad("autoencoder_ckpt", "only applies to latent diffusion (--latent), which is not in this release yet")
+    for name in ("main_gpu", "world_size"):
+        if not c.device.distributed and getattr(c.device, name) != FIELDS[name].default:
+            bad(name, "only applies together with --distributed")
     if c.train.start_epoch != -1 and not c.train.resume:
         bad("start_epoch", "only applies together with --resume")
     if c.train.pretrain and not c.train.pretrain_path:
