@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from iddm_cli import choices
-from iddm_cli.diffusion.ddim import ddim_sample, timesteps
+from iddm_cli.diffusion.samplers import SAMPLERS, sample, timesteps
 from iddm_cli.diffusion.schedule import SCHEDULES, Diffusion
 from iddm_cli.nets import NETWORKS, build_network, count_parameters
 from iddm_cli.nets.layers import ACTIVATIONS
@@ -67,29 +67,46 @@ def test_q_sample_matches_the_closed_form():
 
 
 def test_timesteps_spacing():
-    assert timesteps(1000, 4) == [999, 749, 499, 249]
-    assert timesteps(20, 50) == list(range(19, -1, -1))
+    d = Diffusion("linear", 20)
+    assert timesteps(d, 50) == [float(t) for t in range(19, -1, -1)]  # every step when steps >= T
+    grid = timesteps(Diffusion("linear", 1000), 5)
+    assert grid[0] == 999 and grid[-1] == 0 and len(grid) == 5
+    lams = [float(Diffusion("linear", 1000).lambda_at(t)) for t in grid]
+    gaps = [b - a for a, b in zip(lams, lams[1:], strict=False)]
+    assert max(gaps) - min(gaps) < 1e-6  # uniform in log-SNR
 
 
 class _Oracle(nn.Module):
-    """The optimal epsilon predictor for data that is a single point mu."""
+    """The optimal epsilon predictor for Gaussian data N(mu, s^2): E[eps | x_t] = sigma (x_t - alpha mu) / v_t,
+    v_t = alpha^2 s^2 + sigma^2. A sampler that integrates correctly turns N(0, 1) into N(mu, s^2)."""
 
     num_classes = 0
 
-    def __init__(self, diffusion: Diffusion, mu: float):
+    def __init__(self, diffusion: Diffusion, mu: float, s: float):
         super().__init__()
-        self.abar, self.mu = diffusion.alpha_bar, mu
+        self.d, self.mu, self.s = diffusion, mu, s
 
     def forward(self, x, t, y=None):
-        a = self.abar[t].view(-1, 1, 1, 1)
-        return (x - a.sqrt() * self.mu) / (1 - a).sqrt()
+        abar = self.d.abar_at(t).float().view(-1, 1, 1, 1)
+        return (1 - abar).sqrt() * (x - abar.sqrt() * self.mu) / (abar * self.s**2 + 1 - abar)
 
 
-def test_ddim_recovers_the_data_and_is_deterministic():
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_every_sampler_recovers_a_gaussian(name, schedule):
+    d, mu, s = Diffusion(schedule, 1000), 0.3, 0.2
+    noise = torch.randn(2000, 1, 1, 1, generator=torch.Generator().manual_seed(0))
+    out = sample(_Oracle(d, mu, s), d, noise, None, sampler=name)  # default step count
+    assert abs(out.mean().item() - mu) < 0.02
+    assert abs(out.std().item() / s - 1) < 0.06, out.std().item()
+
+
+def test_ddim_is_deterministic_and_clips():
     d = Diffusion("cosine", 1000)
     noise = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    out = ddim_sample(_Oracle(d, 0.5), d, noise, None, steps=10)
-    assert torch.allclose(out, torch.full_like(out, 0.5), atol=1e-4)
-    assert torch.equal(out, ddim_sample(_Oracle(d, 0.5), d, noise, None, steps=10))
+    a = sample(_Oracle(d, 0.5, 0.0), d, noise, None, sampler="ddim", steps=10)
+    assert torch.allclose(a, torch.full_like(a, 0.5), atol=1e-3)
+    assert torch.equal(a, sample(_Oracle(d, 0.5, 0.0), d, noise, None, sampler="ddim", steps=10))
     # x0 is clipped to the data range: an oracle for 3.0 lands on 1.0, never beyond
-    assert ddim_sample(_Oracle(d, 3.0), d, noise, None, steps=10).max() <= 1.0
+    for name in SAMPLERS:
+        assert sample(_Oracle(d, 3.0, 0.0), d, noise, None, sampler=name, steps=10).max() <= 1.0

@@ -6,6 +6,8 @@ import typer
 
 from iddm_cli import __version__
 from iddm_cli.cli import dm
+from iddm_cli.cli.common import IddmCommand
+from iddm_cli.cli.sample import sample_command
 
 app = typer.Typer(
     name="iddm",
@@ -14,6 +16,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(dm.app, name="dm")
+app.command("sample", cls=IddmCommand)(sample_command)
 
 
 def _version(value: bool) -> None:

@@ -63,6 +63,29 @@ class Diffusion:
     def sample_t(self, n: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.randint(0, self.T, (n,), device=device, generator=generator)
 
+    def abar_at(self, t: torch.Tensor | float) -> torch.Tensor:
+        """alpha_bar at a real-valued step, interpolating log(alpha_bar) between integer steps (float64)."""
+        t = torch.as_tensor(t, dtype=torch.float64).clamp(0, self.T - 1)
+        log_abar = torch.cumsum(torch.log1p(-self.betas.double()), 0)
+        lo = t.floor().long()
+        hi = (lo + 1).clamp(max=self.T - 1)
+        w = t - lo
+        return torch.exp((1 - w) * log_abar[lo] + w * log_abar[hi])
+
+    def lambda_at(self, t: torch.Tensor | float) -> torch.Tensor:
+        """Half log-SNR, lambda = log(alpha / sigma) (Lu et al. 2022, sec. 3.1)."""
+        abar = self.abar_at(t)
+        return 0.5 * (torch.log(abar) - torch.log1p(-abar))
+
+    def t_of_lambda(self, lam: torch.Tensor | float) -> torch.Tensor:
+        """Inverse of lambda_at on [0, T-1] (lambda decreases with t), by bisection."""
+        lo, hi = torch.zeros((), dtype=torch.float64), torch.full((), self.T - 1.0, dtype=torch.float64)
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            above = self.lambda_at(mid) > lam
+            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+        return (lo + hi) / 2
+
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps."""
         abar = self.alpha_bar.to(x0.device)[t].view(-1, *([1] * (x0.dim() - 1)))  # (B, 1, 1, 1)

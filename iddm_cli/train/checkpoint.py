@@ -56,9 +56,13 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
         data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         lines = [x.strip() for x in str(err).splitlines()]
-        reason = next((x for x in lines if "Unsupported global" in x), lines[0] if lines else "")[:200]
+        unsafe = next((x for x in lines if "Unsupported global" in x), None)
+        if unsafe is None:  # not a pickle at all, or a damaged one
+            detail = next((x for x in lines if x.startswith("Unsupported")), "unreadable pickle")
+            raise CheckpointError(f"{path} is truncated or not a PyTorch checkpoint ({detail[:160]}); "
+                                  "try an earlier checkpoint of the run") from None
         raise CheckpointError(f"{path} holds objects that could run code when loaded, so it was not loaded "
-                              f"({reason}); use checkpoints written by iddm") from None
+                              f"({unsafe[:200]}); use checkpoints written by iddm") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
         reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
         raise CheckpointError(f"{path} is truncated or not a PyTorch checkpoint ({reason}); "

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from iddm_cli.config import Config, image_hw, to_toml
 from iddm_cli.data.folder import DatasetInfo, ImageFolderDataset, scan_dataset
-from iddm_cli.diffusion.ddim import ddim_sample
+from iddm_cli.diffusion.samplers import sample
 from iddm_cli.diffusion.schedule import Diffusion
 from iddm_cli.errors import ConfigError
 from iddm_cli.nets import build_network, count_parameters
@@ -291,8 +291,8 @@ class _Session:
         chunks = []
         for i in range(0, n, PREVIEW_BATCH):
             y = labels[i:i + PREVIEW_BATCH] if labels is not None else None
-            chunks.append(ddim_sample(self.ema.model, self.diffusion, noise[i:i + PREVIEW_BATCH], y,
-                                      c.vis.vis_steps, c.diffusion.cfg_scale))
+            chunks.append(sample(self.ema.model, self.diffusion, noise[i:i + PREVIEW_BATCH], y, sampler="ddim",
+                                 steps=c.vis.vis_steps, cfg_scale=c.diffusion.cfg_scale))
         images = torch.cat(chunks)
         rows = len(data.class_names) if data.conditional else max(1, round(math.sqrt(n)))
         path = self.plan.run_dir / "vis" / f"ema_{epochs_done:03d}.{c.vis.image_format}"

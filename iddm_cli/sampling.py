@@ -1,0 +1,218 @@
+"""Generate images from a checkpoint: everything about the model comes from the checkpoint itself.
+
+Each image k of a request has its own generator seeded from (seed, k), which draws its start noise and any noise
+a stochastic sampler adds, so a seed gives the same images whatever the batch size.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from iddm_cli import __version__
+from iddm_cli.choices import IMAGE_FORMATS
+from iddm_cli.diffusion.samplers import SAMPLERS, sample, timesteps
+from iddm_cli.diffusion.schedule import Diffusion
+from iddm_cli.errors import ConfigError
+from iddm_cli.nets import build_network
+from iddm_cli.train.checkpoint import load_checkpoint, strip_prefix
+from iddm_cli.train.preview import PIL_FORMATS, save_grid, to_uint8
+from iddm_cli.train.rundir import plan_run_dir
+
+
+@dataclass
+class SampleRequest:
+    checkpoint: str
+    sampler: str | None = None  # None: the sampler recorded in the checkpoint
+    steps: int | None = None  # None: the sampler's default
+    eta: float | None = None  # DDIM's eta (None: the sampler's default)
+    num: int = 8  # per selected class (conditional) or in total (unconditional)
+    class_names: list[str] = field(default_factory=list)
+    class_ids: list[int] = field(default_factory=list)
+    cfg_scale: float | None = None  # None: the checkpoint's
+    seed: int = 0
+    batch_size: int = 16
+    out: str | None = None
+    grid: bool = True
+    image_format: str = "png"
+    device: str = "auto"
+    ema: bool = True
+
+
+@dataclass
+class SampleResult:
+    out_dir: Path
+    files: list[Path]
+    grid: Path | None
+    manifest: Path
+
+
+def resolve_checkpoint(path: str) -> Path:
+    """A checkpoint file, or a run directory (its ckpt_last.pt)."""
+    p = Path(path).expanduser()
+    return p / "ckpt_last.pt" if p.is_dir() else p
+
+
+def select_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"--device {spec}: no such GPU here ({torch.cuda.device_count()} visible)")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N")
+    return device
+
+
+def _labels(req: SampleRequest, meta: dict[str, Any]) -> list[int] | None:
+    """The selected class ids (each repeated ``num`` times later); None for an unconditional model."""
+    names: list[str] = meta["class_names"]
+    if not meta["conditional"]:
+        if req.class_names or req.class_ids:
+            raise ConfigError("--class-name/--class-id: this checkpoint is unconditional (it has no classes)")
+        return None
+    ids: list[int] = []
+    for name in req.class_names:
+        if name in names:
+            ids.append(names.index(name))
+        elif name.isdigit() and int(name) < len(names):  # IDDM's --class_name took an index
+            ids.append(int(name))
+        else:
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ConfigError(f"--class-name {name!r}: no such class; {hint}classes: {', '.join(names)}")
+    for i in req.class_ids:
+        if not 0 <= i < len(names):
+            raise ConfigError(f"--class-id {i}: expected 0..{len(names) - 1} ({len(names)} classes)")
+        ids.append(i)
+    return ids or list(range(len(names)))
+
+
+def check_request(req: SampleRequest, ckpt: dict[str, Any]) -> tuple[str, int, float]:
+    """Validate against the checkpoint; returns (sampler, steps, cfg_scale)."""
+    sampler = req.sampler or ckpt["config"]["diffusion"]["sample"]
+    if sampler not in SAMPLERS:
+        close = difflib.get_close_matches(sampler, list(SAMPLERS), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(f"--sampler {sampler!r}: unknown sampler; {hint}choose from {', '.join(SAMPLERS)}")
+    T = ckpt["diffusion"]["noise_steps"]
+    steps = req.steps if req.steps is not None else min(SAMPLERS[sampler].default_steps, T)
+    if not 1 <= steps <= T:
+        raise ConfigError(f"--steps {steps}: expected 1..{T} (the model was trained with T={T})")
+    if req.cfg_scale is not None and not ckpt["data"]["conditional"]:
+        raise ConfigError("--cfg-scale: this checkpoint is unconditional, so there is nothing to guide")
+    if req.cfg_scale is not None and req.cfg_scale < 0:
+        raise ConfigError(f"--cfg-scale {req.cfg_scale}: expected a value >= 0")
+    if req.eta is not None and req.eta < 0:
+        raise ConfigError(f"--eta {req.eta}: expected a value >= 0")
+    if req.num < 1 or req.batch_size < 1:
+        raise ConfigError("--num and --batch-size must be at least 1")
+    if req.image_format not in IMAGE_FORMATS:
+        raise ConfigError(f"--image-format {req.image_format!r}: choose from {', '.join(IMAGE_FORMATS)}")
+    cfg = req.cfg_scale if req.cfg_scale is not None else float(ckpt["config"]["diffusion"]["cfg_scale"])
+    return sampler, steps, cfg
+
+
+def expected_nfe(sampler: str, grid_len: int) -> int:
+    """Network evaluations one batch needs (before classifier-free guidance doubles the batch)."""
+    if sampler == "plms":
+        return grid_len + (1 if grid_len > 1 else 0)
+    if sampler in ("dpm2", "dpmpp"):
+        return 2 * grid_len - 1
+    return grid_len
+
+
+def generate(req: SampleRequest, progress: Callable[[int, int], None] | None = None) -> SampleResult:
+    """Run a request end to end; ``progress(done, total)`` counts network evaluations."""
+    path = resolve_checkpoint(req.checkpoint)
+    ckpt = load_checkpoint(path)
+    sampler, steps, cfg_scale = check_request(req, ckpt)
+    meta = ckpt["data"]
+    ids = _labels(req, meta)
+    device = select_device(req.device)
+
+    weights = "ema" if req.ema and ckpt.get("ema") else "model"
+    model = build_network(ckpt["network"]["name"], **ckpt["network"]["kwargs"])
+    model.load_state_dict(strip_prefix(ckpt[weights]))
+    model.to(device).eval()
+    diffusion = Diffusion(ckpt["diffusion"]["name"], ckpt["diffusion"]["noise_steps"])
+
+    labels = [i for i in ids for _ in range(req.num)] if ids is not None else None
+    n = len(labels) if labels is not None else req.num
+    h, w = meta["image_size"]
+    gens = [torch.Generator().manual_seed(req.seed * 1_000_003 + k) for k in range(n)]
+    noise = torch.stack([torch.randn(meta["channels"], h, w, generator=g) for g in gens])  # (N, C, H, W)
+
+    nfe = expected_nfe(sampler, len(timesteps(diffusion, steps)))
+    counted = _CountingModel(model, math.ceil(n / req.batch_size) * nfe, progress)
+    images = []
+    for start in range(0, n, req.batch_size):
+        stop = min(start + req.batch_size, n)
+        y = torch.tensor(labels[start:stop], device=device) if labels is not None else None
+        images.append(sample(counted, diffusion, noise[start:stop].to(device), y, sampler=sampler, steps=steps,
+                             cfg_scale=cfg_scale if y is not None else 1.0, eta=req.eta,
+                             generators=gens[start:stop]).cpu())
+    images_t = torch.cat(images)
+    return _write(req, ckpt, path, images_t, labels, sampler, steps, cfg_scale, weights)
+
+
+class _CountingModel(torch.nn.Module):
+    """Wraps the model to report progress after every network evaluation."""
+
+    def __init__(self, model: torch.nn.Module, total: int, progress: Callable[[int, int], None] | None):
+        super().__init__()
+        self.model, self.total, self.progress, self.calls = model, total, progress, 0
+        self.num_classes = model.num_classes
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.model(x, t, y)
+        self.calls += 1
+        if self.progress is not None:
+            self.progress(self.calls, self.total)
+        return out
+
+
+def _write(req: SampleRequest, ckpt: dict[str, Any], path: Path, images: torch.Tensor, labels: list[int] | None,
+           sampler: str, steps: int, cfg_scale: float, weights: str) -> SampleResult:
+    names = ckpt["data"]["class_names"]
+    default = path.parent / "samples" / f"{sampler}-{steps}steps-seed{req.seed}"
+    target = Path(req.out).expanduser() if req.out else default
+    out_dir, _ = plan_run_dir(str(target.parent), target.name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pixels = to_uint8(images)
+    files, counters = [], {}
+    for k in range(pixels.shape[0]):
+        stem = names[labels[k]] if labels is not None else "sample"
+        counters[stem] = counters.get(stem, -1) + 1
+        array = pixels[k].permute(1, 2, 0).numpy() if pixels.shape[1] == 3 else pixels[k, 0].numpy()
+        file = out_dir / f"{stem}_{counters[stem]:04d}.{req.image_format}"
+        Image.fromarray(array).save(file, format=PIL_FORMATS[req.image_format])
+        files.append(file)
+    grid = None
+    if req.grid:
+        if labels is not None:
+            rows, row_labels = len(set(labels)), [names[i] for i in dict.fromkeys(labels)]
+        else:
+            rows, row_labels = max(1, round(math.sqrt(len(files)))), None
+        grid = save_grid(images, out_dir / f"grid.{req.image_format}", rows, row_labels, req.image_format)
+    manifest = out_dir / "manifest.json"
+    settings = {**asdict(req), "sampler": sampler, "steps": steps, "cfg_scale": cfg_scale if labels else None}
+    manifest.write_text(json.dumps({
+        "iddm": __version__, "checkpoint": str(path.resolve()), "weights": weights,
+        "checkpoint_progress": ckpt.get("progress"), "settings": settings,
+        "classes": [names[i] for i in dict.fromkeys(labels)] if labels is not None else None,
+        "image_size": ckpt["data"]["image_size"], "files": [f.name for f in files],
+        "grid": grid.name if grid else None,
+    }, indent=2) + "\n", encoding="utf-8")
+    return SampleResult(out_dir, files, grid, manifest)
