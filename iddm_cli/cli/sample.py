@@ -35,7 +35,8 @@ def sample_command(
     image_format: str = typer.Option("png", "--image-format", help="png, jpg, jpeg, webp or tif."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     use_gpu: Optional[int] = typer.Option(None, "--use-gpu", help="IDDM's GPU index: same as --device cuda:N."),
-    ema: bool = typer.Option(True, "--ema/--no-ema", "--use-ema", help="Use the EMA weights (default) or the raw ones."),
+    ema: bool = typer.Option(True, "--ema/--no-ema", "--use-ema",
+                             help="Use the EMA weights (default) or the raw ones."),
     debug: Optional[bool] = typer.Option(None, "--debug", help="Show tracebacks (also IDDM_DEBUG=1)."),
 ) -> None:
     """Generate images from a trained checkpoint. Network, schedule, size, channels and classes come from it."""
