@@ -15,23 +15,11 @@ import time
 
 import torch
 
+from iddm_cli.diffusion.oracle import GaussianOracle
 from iddm_cli.diffusion.samplers import SAMPLERS, guided_eps, sample, timesteps
 from iddm_cli.diffusion.schedule import Diffusion
 from iddm_cli.nets import build_network
-from iddm_cli.sampling import expected_nfe
 from iddm_cli.train.checkpoint import load_checkpoint
-
-
-class GaussianOracle(torch.nn.Module):
-    num_classes = 0
-
-    def __init__(self, diffusion: Diffusion, mu: float, s: float):
-        super().__init__()
-        self.d, self.mu, self.s = diffusion, mu, s
-
-    def forward(self, x, t, y=None):
-        abar = self.d.abar_at(t).float().view(-1, 1, 1, 1)
-        return (1 - abar).sqrt() * (x - abar.sqrt() * self.mu) / (abar * self.s**2 + 1 - abar)
 
 
 def speed_table(args: argparse.Namespace) -> None:
@@ -52,7 +40,7 @@ def speed_table(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         sample(model, d, noise, labels, sampler=name, cfg_scale=2.0)
         secs = time.perf_counter() - start
-        nfe = expected_nfe(name, len(timesteps(d, spec.default_steps)))
+        nfe = spec.nfe(len(timesteps(d, spec.default_steps)))
         print(f"| {name} | {spec.default_steps} | {nfe} | {secs:.1f} | {labels.numel() / secs:.1f} |")
 
 

@@ -124,15 +124,6 @@ def check_request(req: SampleRequest, ckpt: dict[str, Any]) -> tuple[str, int, f
     return sampler, steps, cfg
 
 
-def expected_nfe(sampler: str, grid_len: int) -> int:
-    """Network evaluations one batch needs (before classifier-free guidance doubles the batch)."""
-    if sampler == "plms":
-        return grid_len + (1 if grid_len > 1 else 0)
-    if sampler in ("dpm2", "dpmpp"):
-        return 2 * grid_len - 1
-    return grid_len
-
-
 def generate(req: SampleRequest, progress: Callable[[int, int], None] | None = None) -> SampleResult:
     """Run a request end to end; ``progress(done, total)`` counts network evaluations."""
     path = resolve_checkpoint(req.checkpoint)
@@ -154,7 +145,7 @@ def generate(req: SampleRequest, progress: Callable[[int, int], None] | None = N
     gens = [torch.Generator().manual_seed(req.seed * 1_000_003 + k) for k in range(n)]
     noise = torch.stack([torch.randn(meta["channels"], h, w, generator=g) for g in gens])  # (N, C, H, W)
 
-    nfe = expected_nfe(sampler, len(timesteps(diffusion, steps)))
+    nfe = SAMPLERS[sampler].nfe(len(timesteps(diffusion, steps)))
     counted = _CountingModel(model, math.ceil(n / req.batch_size) * nfe, progress)
     images = []
     for start in range(0, n, req.batch_size):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from iddm_cli import choices
+from iddm_cli.diffusion.oracle import GaussianOracle
 from iddm_cli.diffusion.samplers import SAMPLERS, sample, timesteps
 from iddm_cli.diffusion.schedule import SCHEDULES, Diffusion
 from iddm_cli.nets import NETWORKS, build_network, count_parameters
@@ -76,27 +76,12 @@ def test_timesteps_spacing():
     assert max(gaps) - min(gaps) < 1e-6  # uniform in log-SNR
 
 
-class _Oracle(nn.Module):
-    """The optimal epsilon predictor for Gaussian data N(mu, s^2): E[eps | x_t] = sigma (x_t - alpha mu) / v_t,
-    v_t = alpha^2 s^2 + sigma^2. A sampler that integrates correctly turns N(0, 1) into N(mu, s^2)."""
-
-    num_classes = 0
-
-    def __init__(self, diffusion: Diffusion, mu: float, s: float):
-        super().__init__()
-        self.d, self.mu, self.s = diffusion, mu, s
-
-    def forward(self, x, t, y=None):
-        abar = self.d.abar_at(t).float().view(-1, 1, 1, 1)
-        return (1 - abar).sqrt() * (x - abar.sqrt() * self.mu) / (abar * self.s**2 + 1 - abar)
-
-
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_every_sampler_recovers_a_gaussian(name, schedule):
     d, mu, s = Diffusion(schedule, 1000), 0.3, 0.2
     noise = torch.randn(2000, 1, 1, 1, generator=torch.Generator().manual_seed(0))
-    out = sample(_Oracle(d, mu, s), d, noise, None, sampler=name)  # default step count
+    out = sample(GaussianOracle(d, mu, s), d, noise, None, sampler=name)  # default step count
     assert abs(out.mean().item() - mu) < 0.02
     assert abs(out.std().item() / s - 1) < 0.06, out.std().item()
 
@@ -104,9 +89,25 @@ def test_every_sampler_recovers_a_gaussian(name, schedule):
 def test_ddim_is_deterministic_and_clips():
     d = Diffusion("cosine", 1000)
     noise = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    a = sample(_Oracle(d, 0.5, 0.0), d, noise, None, sampler="ddim", steps=10)
+    a = sample(GaussianOracle(d, 0.5, 0.0), d, noise, None, sampler="ddim", steps=10)
     assert torch.allclose(a, torch.full_like(a, 0.5), atol=1e-3)
-    assert torch.equal(a, sample(_Oracle(d, 0.5, 0.0), d, noise, None, sampler="ddim", steps=10))
+    assert torch.equal(a, sample(GaussianOracle(d, 0.5, 0.0), d, noise, None, sampler="ddim", steps=10))
     # x0 is clipped to the data range: an oracle for 3.0 lands on 1.0, never beyond
     for name in SAMPLERS:
-        assert sample(_Oracle(d, 3.0, 0.0), d, noise, None, sampler=name, steps=10).max() <= 1.0
+        assert sample(GaussianOracle(d, 3.0, 0.0), d, noise, None, sampler=name, steps=10).max() <= 1.0
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_declared_network_calls_match_the_real_ones(name):
+    d = Diffusion("linear", 1000)
+    calls = []
+
+    class Counting(GaussianOracle):
+        def forward(self, x, t, y=None):
+            calls.append(1)
+            return super().forward(x, t, y)
+
+    for steps in (1, 2, 7):
+        calls.clear()
+        sample(Counting(d, 0.0, 0.5), d, torch.zeros(2, 1, 2, 2), None, sampler=name, steps=steps)
+        assert len(calls) == SAMPLERS[name].nfe(len(timesteps(d, steps)))

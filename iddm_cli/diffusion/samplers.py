@@ -220,13 +220,18 @@ class SamplerSpec:
     nfe_per_step: int  # network evaluations per step (before the x2 of classifier-free guidance)
     stochastic: bool
     summary: str
+    first_step_extra: int = 0  # PLMS evaluates twice on its first step
+
+    def nfe(self, grid_len: int) -> int:
+        """Evaluations for a grid of ``grid_len`` steps; the final move to the clean image takes one."""
+        return self.nfe_per_step * (grid_len - 1) + 1 + (self.first_step_extra if grid_len > 1 else 0)
 
 
 # Default step counts follow IDDM.
 SAMPLERS: dict[str, SamplerSpec] = {
     "ddpm": SamplerSpec(ddpm, 1000, 1, True, "ancestral DDPM (Ho et al. 2020), respaced below T steps"),
     "ddim": SamplerSpec(ddim, 100, 1, False, "DDIM (Song et al. 2021); --eta > 0 adds noise"),
-    "plms": SamplerSpec(plms, 100, 1, False, "pseudo linear multistep, PNDM (Liu et al. 2022)"),
+    "plms": SamplerSpec(plms, 100, 1, False, "pseudo linear multistep, PNDM (Liu et al. 2022)", first_step_extra=1),
     "dpm2": SamplerSpec(dpm2, 50, 2, False, "DPM-Solver-2 (Lu et al. 2022)"),
     "dpmpp": SamplerSpec(dpmpp, 20, 2, False, "DPM-Solver++(2S) (Lu et al. 2022b)"),
     "dpmpp2m": SamplerSpec(_multistep(2), 20, 1, False, "DPM-Solver++(2M) (Lu et al. 2022b)"),
