@@ -40,11 +40,14 @@ def test_empty_folder_and_empty_class(invoke, tmp_path):
     assert_clean_error(result, 3, "has no images", "/c")
 
 
-def test_unreadable_image(invoke, tmp_path):
+def test_unreadable_image_is_skipped_or_refused_with_strict_data(invoke, tmp_path):
     data = make_dataset(tmp_path / "d", None)
     (data / "broken.png").write_bytes(b"not a png")
     result = invoke("dm", "train", "--dataset-path", data, "--result-path", tmp_path, *TINY)
-    assert_clean_error(result, 3, "cannot be read as images", "broken.png")
+    assert result.exit_code == 0, result.output
+    assert "skipped, cannot be read as an image" in result.output and "broken.png" in result.output
+    result = invoke("dm", "train", "--dataset-path", data, "--result-path", tmp_path, "--strict-data", *TINY)
+    assert_clean_error(result, 3, "cannot be read as images", "broken.png", "iddm dataset check")
 
 
 def test_bad_values(invoke, cond_data, tmp_path):

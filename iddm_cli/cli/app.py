@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from iddm_cli import __version__
-from iddm_cli.cli import dm
+from iddm_cli.cli import dataset, dm
 from iddm_cli.cli.common import IddmCommand
 from iddm_cli.cli.sample import sample_command
 
@@ -17,6 +17,7 @@ app = typer.Typer(
 )
 app.add_typer(dm.app, name="dm")
 app.command("sample", cls=IddmCommand)(sample_command)
+app.add_typer(dataset.app, name="dataset")
 
 
 def _version(value: bool) -> None:

@@ -53,6 +53,7 @@ class DataConfig:
                        "hflip: resize plus random horizontal flips.", choices=C.AUGMENTS)
     batch_size: int = opt(2, "Images per step (per device, as in IDDM).", short="-b", ge=1)
     num_workers: int = opt(0, "DataLoader worker processes.", ge=0)
+    strict_data: bool = opt(False, "Stop at the first image that fails to decode instead of skipping and logging it.")
 
 
 @dataclass(kw_only=True)

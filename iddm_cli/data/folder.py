@@ -9,6 +9,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision.transforms.functional as TF
@@ -62,8 +63,19 @@ def _images_in(folder: Path, recursive: bool) -> list[Path]:
                   and all(_visible(part) for part in p.relative_to(folder).parts))
 
 
-def scan_dataset(dataset_path: str, conditional: bool | str = "auto", num_classes: int = 0) -> DatasetInfo:
-    """Find the images and decide the layout; every problem that cannot train is a DataError (exit 3)."""
+def scan_dataset(dataset_path: str, conditional: bool | str = "auto", num_classes: int = 0,
+                 strict: bool = False) -> DatasetInfo:
+    """The quick check before training: find the images and decide the layout. Data that cannot train is a
+    DataError (exit 3) pointing at `iddm dataset check`; unreadable files are left out and noted (an error when
+    ``strict``)."""
+    try:
+        return _scan(dataset_path, conditional, num_classes, strict)
+    except DataError as err:
+        hint = f"; `iddm dataset check {dataset_path}` lists every problem"
+        raise DataError(*[p + hint for p in err.problems]) from None
+
+
+def _scan(dataset_path: str, conditional: bool | str, num_classes: int, strict: bool) -> DatasetInfo:
     if not dataset_path:
         raise ConfigError("data.dataset_path is not set: pass --dataset-path DIR or use a profile "
                           "(--profile demo trains on the embedded dataset)")
@@ -108,12 +120,19 @@ def scan_dataset(dataset_path: str, conditional: bool | str = "auto", num_classe
     if is_conditional and num_classes and num_classes != len(class_names):
         raise DataError(f"data.num_classes is {num_classes} but {root} has {len(class_names)} class folders "
                         f"({', '.join(class_names[:5])}{', ...' if len(class_names) > 5 else ''})")
-    channels, sizes = _inspect_headers(samples)
+    channels, sizes, bad = _inspect_headers(samples)
+    if bad and strict:
+        raise DataError(f"{len(bad)} file(s) cannot be read as images, first: {bad[0]} (--strict-data)")
+    if bad:
+        samples = [s for s in samples if s[0] not in set(bad)]
+        notes += [f"skipped, cannot be read as an image: {p}" for p in bad]
+        if not samples:
+            raise DataError(f"no readable images in {root}")
     counts = {name: sum(1 for _, label in samples if label == i) for i, name in enumerate(class_names)}
     return DatasetInfo(root, is_conditional, class_names, samples, channels, counts, notes, sizes)
 
 
-def _inspect_headers(samples: list[tuple[Path, int]]) -> tuple[int, tuple[int, int, int]]:
+def _inspect_headers(samples: list[tuple[Path, int]]) -> tuple[int, tuple[int, int, int], list[Path]]:
     """Open every header (cheap: no pixel decoding): 1 channel when all images are gray, else 3."""
     gray, short_sides, bad = True, [], []
     for path, _ in samples:
@@ -123,9 +142,8 @@ def _inspect_headers(samples: list[tuple[Path, int]]) -> tuple[int, tuple[int, i
                 short_sides.append(min(img.size))
         except (OSError, ValueError, Image.DecompressionBombError):
             bad.append(path)
-    if bad:
-        raise DataError(f"{len(bad)} file(s) cannot be read as images, first: {bad[0]}; remove or fix them")
-    return (1 if gray else 3), (min(short_sides), int(statistics.median(short_sides)), max(short_sides))
+    stats = (min(short_sides), int(statistics.median(short_sides)), max(short_sides)) if short_sides else (0, 0, 0)
+    return (1 if gray else 3), stats, bad
 
 
 def load_image(path: Path, channels: int) -> Image.Image:
@@ -156,8 +174,9 @@ def build_transforms(augment: str, size: tuple[int, int]) -> tuple[transforms.Co
 class ImageFolderDataset(Dataset):
     """Yields (image in [-1, 1] of shape (C, H, W), label)."""
 
-    def __init__(self, info: DatasetInfo, augment: str, size: tuple[int, int]):
+    def __init__(self, info: DatasetInfo, augment: str, size: tuple[int, int], strict: bool = False):
         self.samples = info.samples
+        self.strict = strict
         self.channels = info.channels
         self.pre, self.rand = build_transforms(augment, size)
         h, w = size
@@ -167,15 +186,27 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | tuple[None, str]:
+        """(image, label), or (None, path) when the file fails to decode (dropped by :func:`collate`)."""
         path, label = self.samples[index]
         img = self.cache.get(index)
         if img is None:
             try:
                 img = self.pre(load_image(path, self.channels))
-            except (OSError, ValueError) as err:
-                raise DataError(f"cannot decode {path}: {err}") from None
+            except (OSError, ValueError, SyntaxError) as err:
+                if self.strict:
+                    raise DataError(f"cannot decode {path}: {err} (--strict-data)") from None
+                return None, str(path)
             if self.cache_enabled:
                 self.cache[index] = img
         x = TF.to_tensor(self.rand(img))  # (C, H, W) in [0, 1]
         return x * 2 - 1, label
+
+
+def collate(items: list[tuple[Any, Any]]) -> tuple[torch.Tensor | None, torch.Tensor | None, list[str]]:
+    """Stack the good samples; return the paths of the ones that failed to decode alongside."""
+    good = [(x, y) for x, y in items if x is not None]
+    bad = [y for x, y in items if x is None]
+    if not good:
+        return None, None, bad
+    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), bad

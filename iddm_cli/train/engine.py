@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from iddm_cli.config import Config, image_hw, to_toml
-from iddm_cli.data.folder import DatasetInfo, ImageFolderDataset, scan_dataset
+from iddm_cli.data.folder import DatasetInfo, ImageFolderDataset, collate, scan_dataset
 from iddm_cli.diffusion.samplers import sample
 from iddm_cli.diffusion.schedule import Diffusion
 from iddm_cli.errors import ConfigError
@@ -101,7 +101,8 @@ def select_amp(device: torch.device, enabled: bool) -> tuple[torch.dtype | None,
 
 def plan_training(config: Config) -> Plan:
     """Validate data, device and output folder, and build the model. Writes nothing."""
-    data = scan_dataset(config.data.dataset_path, config.data.conditional, config.data.num_classes)
+    data = scan_dataset(config.data.dataset_path, config.data.conditional, config.data.num_classes,
+                        config.data.strict_data)
     device = select_device(config)
     amp_dtype, use_scaler, amp_note = select_amp(device, config.optim.amp)
     run_dir, dir_note = plan_run_dir(config.train.result_path, config.train.run_name)
@@ -155,11 +156,13 @@ class _Session:
         self.warmup = round(c.optim.warmup_epochs * plan.steps_per_epoch)
         self.loader_gen = torch.Generator()
         self.loader = DataLoader(
-            ImageFolderDataset(plan.data, c.data.augment, plan.image_size), batch_size=c.data.batch_size,
-            shuffle=True, generator=self.loader_gen, num_workers=c.data.num_workers,
+            ImageFolderDataset(plan.data, c.data.augment, plan.image_size, c.data.strict_data),
+            batch_size=c.data.batch_size, shuffle=True, generator=self.loader_gen, num_workers=c.data.num_workers,
+            collate_fn=collate,
             pin_memory=self.device.type == "cuda", persistent_workers=c.data.num_workers > 0, drop_last=False)
         self.step = 0
         self.skipped = 0
+        self.bad_files: set[str] = set()  # files that failed to decode; skipped, never a crash
         self.previews: list[Path] = []
 
     # one optimizer step ------------------------------------------------------------------------------------
@@ -222,7 +225,13 @@ class _Session:
         window: list[float] = []
         epoch_losses: list[float] = []
         t0, images = time.perf_counter(), 0
-        for i, (x0, y) in enumerate(self.loader):
+        for i, (x0, y, bad) in enumerate(self.loader):
+            for path in sorted(set(bad) - self.bad_files):
+                self.bad_files.add(path)
+                self.logger.log(f"skipped a file that failed to decode: {path}")
+                self.reporter.info(f"warning: skipped a file that failed to decode: {path}")
+            if x0 is None:
+                continue
             out = self.train_step(x0, y)
             images += x0.shape[0]
             if out is not None:
@@ -258,7 +267,8 @@ class _Session:
                      "class_names": data.class_names, "class_counts": data.class_counts},
             "diffusion": self.diffusion.describe(),
             "versions": ckpt.versions(),
-            "progress": {"epoch": epochs_done, "step": self.step, "skipped_steps": self.skipped},
+            "progress": {"epoch": epochs_done, "step": self.step, "skipped_steps": self.skipped,
+                         "skipped_files": sorted(self.bad_files)},
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
             "ema_updates": self.ema.updates,
@@ -321,6 +331,9 @@ def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, An
     (run_dir / "config.toml").write_text(to_toml(c), encoding="utf-8")
     (run_dir / "cli.json").write_text(json.dumps({"argv": sys.argv, **(provenance or {})}, indent=2) + "\n",
                                       encoding="utf-8")
+    classes = {"conditional": plan.data.conditional, "class_names": plan.data.class_names,
+               "class_counts": plan.data.class_counts, "images": len(plan.data.samples)}
+    (run_dir / "classes.json").write_text(json.dumps(classes, indent=2) + "\n", encoding="utf-8")
     logger = RunLogger(run_dir)
     try:
         for line in plan.describe():
@@ -339,7 +352,7 @@ def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, An
             done = epoch + 1
             last = session.save(done)
             summary = {"event": "epoch", "step": session.step, "epoch": done, "loss": mean_loss,
-                       "skipped_steps": session.skipped}
+                       "skipped_steps": session.skipped, "skipped_files": len(session.bad_files)}
             if c.vis.vis and (done % c.vis.vis_interval == 0 or done == c.train.epochs):
                 summary["preview"] = str(session.preview(done).relative_to(run_dir))
             logger.metrics(summary)
