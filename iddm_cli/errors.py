@@ -37,3 +37,9 @@ class DataError(IddmError):
 
 class CheckpointError(IddmError):
     exit_code = ExitCode.USAGE
+
+
+class TrainingError(IddmError):
+    """Training cannot go on (for example the loss stays non-finite); the last good checkpoint is kept."""
+
+    exit_code = ExitCode.FAILURE

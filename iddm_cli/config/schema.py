@@ -100,6 +100,8 @@ class TrainConfig:
     run_name: str = opt("df", "Run directory name under result_path.", short="-n")
     result_path: str = opt("results", "Folder that holds run directories.")
     log_every: int = opt(50, "Steps between status lines and metrics.jsonl records.", ge=1)
+    max_nonfinite: int = opt(20, "Stop after this many steps in a row with a non-finite loss or gradient "
+                             "(each one is skipped).", ge=1)
     resume: bool = opt(False, "Resume an interrupted run (not available in this release).", short="-r")
     start_epoch: int = opt(-1, "With resume: the epoch checkpoint to continue from (-1 = the last).", ge=-1)
     pretrain: bool = opt(False, "Initialise the network from --pretrain-path.")
@@ -111,6 +113,7 @@ class SaveConfig:
     save_model_interval: bool = opt(False, "Also keep ckpt_NNN.pt every save_model_interval_epochs epochs.")
     save_model_interval_epochs: int = opt(10, "Epochs between kept checkpoints.", ge=1)
     start_model_interval: int = opt(-1, "Keep interval checkpoints only after this many epochs.", ge=-1)
+    keep_last: int = opt(0, "Keep only the newest N interval checkpoints ckpt_NNN.pt (0 = keep all).", ge=0)
 
 
 @dataclass(kw_only=True)

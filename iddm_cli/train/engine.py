@@ -25,7 +25,7 @@ from iddm_cli.config import Config, image_hw, to_toml
 from iddm_cli.data.folder import DatasetInfo, ImageFolderDataset, collate, scan_dataset
 from iddm_cli.diffusion.samplers import sample
 from iddm_cli.diffusion.schedule import Diffusion
-from iddm_cli.errors import ConfigError
+from iddm_cli.errors import ConfigError, TrainingError
 from iddm_cli.nets import build_network, count_parameters
 from iddm_cli.train import checkpoint as ckpt
 from iddm_cli.train.ema import EMA
@@ -162,6 +162,7 @@ class _Session:
             pin_memory=self.device.type == "cuda", persistent_workers=c.data.num_workers > 0, drop_last=False)
         self.step = 0
         self.skipped = 0
+        self.nonfinite_run = 0  # consecutive non-finite steps
         self.bad_files: set[str] = set()  # files that failed to decode; skipped, never a crash
         self.previews: list[Path] = []
 
@@ -203,11 +204,18 @@ class _Session:
         self.step += 1
         if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):  # CPU-GPU sync point
             self.skipped += 1
+            self.nonfinite_run += 1
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.update()
             self.logger.log(f"step {self.step}: non-finite loss or gradient, step skipped ({self.skipped} so far)")
+            if self.nonfinite_run >= c.train.max_nonfinite:
+                raise TrainingError(
+                    f"step {self.step}: the loss or gradients were non-finite for {self.nonfinite_run} steps in a "
+                    f"row, so training stopped; the last good checkpoint is {self.plan.run_dir / 'ckpt_last.pt'} "
+                    "(try a lower --lr, or train without --amp)")
             return None
+        self.nonfinite_run = 0
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -286,6 +294,10 @@ class _Session:
             tmp = kept.with_name(f".{kept.name}.tmp")
             shutil.copyfile(last, tmp)
             tmp.replace(kept)
+            if s.keep_last:
+                numbered = sorted(run_dir.glob("ckpt_[0-9][0-9][0-9]*.pt"), key=lambda p: int(p.stem[5:]))
+                for old in numbered[:-s.keep_last]:
+                    old.unlink()
         return last
 
     def preview(self, epochs_done: int) -> Path:
