@@ -15,6 +15,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad flag, bad profile, bad config value
     DATA = 3  # missing, empty or unusable dataset
     INTERRUPTED = 130
+    TERMINATED = 143
 
 
 class IddmError(Exception):
@@ -43,3 +44,14 @@ class TrainingError(IddmError):
     """Training cannot go on (for example the loss stays non-finite); the last good checkpoint is kept."""
 
     exit_code = ExitCode.FAILURE
+
+
+class Interrupted(IddmError):
+    """Ctrl-C or SIGTERM during training: the state was saved and the run can continue."""
+
+    def __init__(self, signum: int, run_dir: object):
+        import signal
+
+        self.exit_code = ExitCode.INTERRUPTED if signum == signal.SIGINT else ExitCode.TERMINATED
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; the state is saved. "
+                         f"resume with: iddm resume {run_dir}")

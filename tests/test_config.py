@@ -119,11 +119,11 @@ def test_print_config_round_trips(tmp_path):
 
 
 def test_features_of_later_releases_are_refused_not_ignored():
-    r = resolve(sets=["latent=true", "resume=true", "distributed=true", "image_size=20", "base_channels=6"])
+    r = resolve(sets=["latent=true", "start_epoch=3", "distributed=true", "image_size=20", "base_channels=6"])
     with pytest.raises(ConfigError) as err:
         check_runnable(r)
     text = "\n".join(err.value.problems)
-    for key in ("model.latent", "train.resume", "device.distributed", "data.image_size", "model.base_channels"):
+    for key in ("model.latent", "train.start_epoch", "device.distributed", "data.image_size", "model.base_channels"):
         assert key in text
     assert "--set: data.image_size: 20x20 is not divisible by 8" in text
 

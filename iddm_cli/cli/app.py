@@ -6,7 +6,7 @@ import typer
 
 from iddm_cli import __version__
 from iddm_cli.cli import dataset, dm
-from iddm_cli.cli.common import IddmCommand
+from iddm_cli.cli.common import IddmCommand, with_config_options
 from iddm_cli.cli.sample import sample_command
 
 app = typer.Typer(
@@ -16,6 +16,12 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(dm.app, name="dm")
+app.command(
+    "resume", cls=IddmCommand,
+    help="Continue an interrupted run exactly where it stopped; the run directory is all it needs. Only --epochs, "
+         "--num-workers, save/preview/log intervals, --keep-last, --use-gpu, --strict-data and --max-nonfinite "
+         "may change.",
+)(with_config_options(dm.RESUME_OPTIONS, dm.resume_command))
 app.command("sample", cls=IddmCommand)(sample_command)
 app.add_typer(dataset.app, name="dataset")
 

@@ -49,6 +49,39 @@ def explain_table(resolved: Resolved) -> Table:
     return table
 
 
+def run_resume(run_dir: Any, flags: dict[str, Any], start_epoch: int, dry_run: bool | None) -> None:
+    """Shared by `iddm resume` and `iddm dm train --resume` (inside report_errors)."""
+    from iddm_cli.cli.progress import RichReporter
+    from iddm_cli.train.engine import train
+    from iddm_cli.train.resume import plan_resume
+
+    plan, state, notes = plan_resume(run_dir, flags, start_epoch)
+    for line in notes + (plan.describe() if dry_run else []):
+        err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+    if dry_run:
+        err_console.print("dry run: nothing was written")
+        return
+    result = train(plan, RichReporter(err_console), state=state)
+    err_console.print(f"done: {result.steps} steps, final loss {result.final_loss:.4f}", markup=False)
+    err_console.print(f"run directory: {result.run_dir}", markup=False, highlight=False)
+
+
+def resume_command(*, flags: dict[str, Any], run_dir: str, dry_run: bool | None, debug: bool | None) -> None:
+    def run() -> None:
+        start_epoch = flags.pop("start_epoch")
+        run_resume(run_dir, flags, -1 if start_epoch is None else start_epoch, dry_run)
+
+    report_errors(run, debug)
+
+
+RESUME_OPTIONS = [
+    inspect.Parameter("run_dir", inspect.Parameter.KEYWORD_ONLY, annotation=str,
+                      default=typer.Argument(..., metavar="RUN_DIR", help="The run directory to continue.")),
+    _option("dry_run", Optional[bool], "--dry-run", help="Check everything and print the plan; change nothing."),
+    _option("debug", Optional[bool], "--debug", help="Show tracebacks (also IDDM_DEBUG=1)."),
+]
+
+
 def train_command(*, flags: dict[str, Any], profile: str | None, set_: list[str] | None,
                   print_config: bool | None, dry_run: bool | None, explain: bool | None,
                   debug: bool | None) -> None:
@@ -64,7 +97,13 @@ def train_command(*, flags: dict[str, Any], profile: str | None, set_: list[str]
         from iddm_cli.cli.progress import RichReporter  # torch is imported from here on
         from iddm_cli.train.engine import plan_training, train
 
-        plan = plan_training(resolved.config)
+        c = resolved.config
+        if c.train.resume:  # IDDM's --resume: the run result_path/run_name continues where it stopped
+            from pathlib import Path
+
+            run_resume(Path(c.train.result_path) / c.train.run_name, flags, c.train.start_epoch, dry_run)
+            return
+        plan = plan_training(c)
         if dry_run:
             for line in plan.describe():
                 err_console.print(line, markup=False, highlight=False, soft_wrap=True)

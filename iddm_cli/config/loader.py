@@ -311,9 +311,6 @@ def check_runnable(resolved: Resolved) -> None:
     if c.model.latent:
         bad("latent", "latent diffusion needs a trained autoencoder, and `iddm vae train` is not in this release "
                       "yet; train in pixel space (drop --latent)")
-    if c.train.resume:
-        bad("resume", "resuming a run is not in this release yet; start a new run (drop --resume), or use "
-                      "--pretrain --pretrain-path RUN/ckpt_last.pt to start from its weights")
     if c.device.distributed:
         bad("distributed", "multi-GPU DDP training is not in this release yet; drop --distributed to train on "
                            "one device (--use-gpu N picks it)")

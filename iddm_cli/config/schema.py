@@ -6,7 +6,7 @@ classes. Key names are unique across sections, so each key is also a flag (``bat
 IDDM's ``--batch_size``) and ``--set batch_size=16`` works as well as ``--set data.batch_size=16``.
 
 Every IDDM diffusion-training flag has a field here with the same name and meaning. A few fields belong to
-capabilities that later releases bring (latent diffusion, resume, DDP); setting them is refused with a message by
+capabilities that later releases bring (latent diffusion, DDP); setting them is refused with a message by
 :func:`iddm_cli.config.loader.validate` instead of being silently ignored.
 """
 
@@ -102,8 +102,10 @@ class TrainConfig:
     log_every: int = opt(50, "Steps between status lines and metrics.jsonl records.", ge=1)
     max_nonfinite: int = opt(20, "Stop after this many steps in a row with a non-finite loss or gradient "
                              "(each one is skipped).", ge=1)
-    resume: bool = opt(False, "Resume an interrupted run (not available in this release).", short="-r")
-    start_epoch: int = opt(-1, "With resume: the epoch checkpoint to continue from (-1 = the last).", ge=-1)
+    resume: bool = opt(False, "Continue the run result_path/run_name where it stopped (like `iddm resume`).",
+                       short="-r")
+    start_epoch: int = opt(-1, "With resume: continue from ckpt_NNN.pt, the state after N epochs (-1 = the newest "
+                           "state).", ge=-1)
     pretrain: bool = opt(False, "Initialise the network from --pretrain-path.")
     pretrain_path: str = opt("", "Checkpoint whose weights initialise the network.")
 

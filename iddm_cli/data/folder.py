@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageOps
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 from torchvision import transforms
 
 from iddm_cli.errors import ConfigError, DataError
@@ -174,9 +174,11 @@ def build_transforms(augment: str, size: tuple[int, int]) -> tuple[transforms.Co
 class ImageFolderDataset(Dataset):
     """Yields (image in [-1, 1] of shape (C, H, W), label)."""
 
-    def __init__(self, info: DatasetInfo, augment: str, size: tuple[int, int], strict: bool = False):
+    def __init__(self, info: DatasetInfo, augment: str, size: tuple[int, int], strict: bool = False,
+                 seed: int = 0):
         self.samples = info.samples
         self.strict = strict
+        self.seed = seed
         self.channels = info.channels
         self.pre, self.rand = build_transforms(augment, size)
         h, w = size
@@ -186,8 +188,12 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | tuple[None, str]:
-        """(image, label), or (None, path) when the file fails to decode (dropped by :func:`collate`)."""
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int] | tuple[None, str]:
+        """(image, label), or (None, path) when the file fails to decode (dropped by :func:`collate`).
+
+        ``key`` is an index or (epoch, index): the augmentation of a sample then depends only on (seed, epoch,
+        index), not on the worker that loads it or on where in the epoch a resumed run starts."""
+        epoch, index = key if isinstance(key, tuple) else (0, key)
         path, label = self.samples[index]
         img = self.cache.get(index)
         if img is None:
@@ -199,8 +205,28 @@ class ImageFolderDataset(Dataset):
                 return None, str(path)
             if self.cache_enabled:
                 self.cache[index] = img
-        x = TF.to_tensor(self.rand(img))  # (C, H, W) in [0, 1]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+            x = TF.to_tensor(self.rand(img))  # (C, H, W) in [0, 1]
         return x * 2 - 1, label
+
+
+class EpochSampler(Sampler):
+    """Yields (epoch, index) in an order that depends only on (seed, epoch), from any position in the epoch."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + self.epoch))
+        for index in order[self.start:].tolist():
+            yield self.epoch, index
+
+    def __len__(self) -> int:
+        return self.n - self.start
 
 
 def collate(items: list[tuple[Any, Any]]) -> tuple[torch.Tensor | None, torch.Tensor | None, list[str]]:

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +25,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from iddm_cli.config import Config, image_hw, to_toml
-from iddm_cli.data.folder import DatasetInfo, ImageFolderDataset, collate, scan_dataset
+from iddm_cli.data.folder import DatasetInfo, EpochSampler, ImageFolderDataset, collate, scan_dataset
 from iddm_cli.diffusion.samplers import sample
 from iddm_cli.diffusion.schedule import Diffusion
-from iddm_cli.errors import ConfigError, TrainingError
+from iddm_cli.errors import ConfigError, Interrupted, TrainingError
 from iddm_cli.nets import build_network, count_parameters
 from iddm_cli.train import checkpoint as ckpt
 from iddm_cli.train.ema import EMA
@@ -154,15 +157,16 @@ class _Session:
         self.diffusion = Diffusion(c.diffusion.noise_schedule, c.diffusion.noise_steps)
         self.lr_func = LR_FUNCS[c.optim.lr_func]
         self.warmup = round(c.optim.warmup_epochs * plan.steps_per_epoch)
-        self.loader_gen = torch.Generator()
+        dataset = ImageFolderDataset(plan.data, c.data.augment, plan.image_size, c.data.strict_data, c.train.seed)
+        self.sampler = EpochSampler(len(dataset), c.train.seed)
         self.loader = DataLoader(
-            ImageFolderDataset(plan.data, c.data.augment, plan.image_size, c.data.strict_data),
-            batch_size=c.data.batch_size, shuffle=True, generator=self.loader_gen, num_workers=c.data.num_workers,
+            dataset, batch_size=c.data.batch_size, sampler=self.sampler, num_workers=c.data.num_workers,
             collate_fn=collate,
             pin_memory=self.device.type == "cuda", persistent_workers=c.data.num_workers > 0, drop_last=False)
         self.step = 0
         self.skipped = 0
         self.nonfinite_run = 0  # consecutive non-finite steps
+        self.stop_signal: int | None = None  # set by the SIGINT/SIGTERM handler
         self.bad_files: set[str] = set()  # files that failed to decode; skipped, never a crash
         self.previews: list[Path] = []
 
@@ -225,15 +229,15 @@ class _Session:
         return loss.item(), grad_norm.item(), lr
 
     # one epoch ----------------------------------------------------------------------------------------------
-    def run_epoch(self, epoch: int) -> float:
+    def run_epoch(self, epoch: int, start: int = 0) -> float:
+        """Train one epoch from batch ``start`` (non-zero when a run resumes mid-epoch)."""
         c, spe = self.c, self.plan.steps_per_epoch
-        self.loader_gen.manual_seed(c.train.seed * 7919 + epoch)  # data order of this epoch
-        torch.manual_seed(c.train.seed * 104729 + epoch)  # augmentation draws of this epoch
+        self.sampler.set_epoch(epoch, start * c.data.batch_size)  # data order: a function of (seed, epoch)
         self.reporter.start_epoch(epoch, c.train.epochs, spe)
         window: list[float] = []
         epoch_losses: list[float] = []
         t0, images = time.perf_counter(), 0
-        for i, (x0, y, bad) in enumerate(self.loader):
+        for i, (x0, y, bad) in enumerate(self.loader, start=start):
             for path in sorted(set(bad) - self.bad_files):
                 self.bad_files.add(path)
                 self.logger.log(f"skipped a file that failed to decode: {path}")
@@ -250,6 +254,9 @@ class _Session:
                 elapsed = time.perf_counter() - t0
                 self._log_status(epoch, i + 1, window, out, images / max(elapsed, 1e-9))
                 window, t0, images = [], time.perf_counter(), 0
+            if self.stop_signal is not None and i + 1 < spe:  # Ctrl-C or SIGTERM: save and leave mid-epoch
+                self.save(epoch, position=i + 1)
+                raise Interrupted(self.stop_signal, self.plan.run_dir)
         return sum(epoch_losses) / max(len(epoch_losses), 1)
 
     def _log_status(self, epoch: int, done: int, window: list[float], last: Any, ips: float) -> None:
@@ -265,7 +272,7 @@ class _Session:
         self.reporter.status(line)
 
     # end of epoch: checkpoints and previews -----------------------------------------------------------------
-    def checkpoint_payload(self, epochs_done: int) -> dict[str, Any]:
+    def checkpoint_payload(self, epochs_done: int, position: int = 0) -> dict[str, Any]:
         p, data = self.plan, self.plan.data
         return {
             "format": ckpt.FORMAT, "format_version": ckpt.FORMAT_VERSION, "kind": "dm",
@@ -276,7 +283,9 @@ class _Session:
             "diffusion": self.diffusion.describe(),
             "versions": ckpt.versions(),
             "progress": {"epoch": epochs_done, "step": self.step, "skipped_steps": self.skipped,
-                         "skipped_files": sorted(self.bad_files)},
+                         "skipped_files": sorted(self.bad_files), "position": position},
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
             "ema_updates": self.ema.updates,
@@ -284,11 +293,12 @@ class _Session:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
 
-    def save(self, epochs_done: int) -> Path:
+    def save(self, epochs_done: int, position: int = 0) -> Path:
+        """ckpt_last.pt (and, at an epoch end, the interval checkpoint). ``position``: batches into the next epoch."""
         s, run_dir = self.c.save, self.plan.run_dir
         last = run_dir / "ckpt_last.pt"
-        ckpt.save_checkpoint(last, self.checkpoint_payload(epochs_done))
-        if s.save_model_interval and epochs_done > s.start_model_interval \
+        ckpt.save_checkpoint(last, self.checkpoint_payload(epochs_done, position))
+        if position == 0 and s.save_model_interval and epochs_done > s.start_model_interval \
                 and epochs_done % s.save_model_interval_epochs == 0:
             kept = run_dir / f"ckpt_{epochs_done:03d}.pt"
             tmp = kept.with_name(f".{kept.name}.tmp")
@@ -299,6 +309,25 @@ class _Session:
                 for old in numbered[:-s.keep_last]:
                     old.unlink()
         return last
+
+    def restore(self, state: dict[str, Any]) -> tuple[int, int]:
+        """Load a training state; returns (epoch to continue, batch position in it)."""
+        self.model.load_state_dict(ckpt.strip_prefix(state["model"]))
+        self.ema.load_state_dict(ckpt.strip_prefix(state["ema"]), state["ema_updates"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        progress = state["progress"]
+        self.step, self.skipped = progress["step"], progress["skipped_steps"]
+        self.bad_files = set(progress.get("skipped_files", []))
+        rng = state.get("rng") or {}
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        if rng.get("python"):
+            random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in rng["python"]))
+        if rng.get("cuda") and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        return progress["epoch"], progress.get("position", 0)
 
     def preview(self, epochs_done: int) -> Path:
         c, data = self.c, self.plan.data
@@ -335,32 +364,64 @@ def create_run_dir(plan: Plan) -> Path:
             plan.run_dir, _ = plan_run_dir(plan.config.train.result_path, plan.config.train.run_name)
 
 
-def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, Any] | None = None) -> TrainResult:
-    """Run the whole training; returns where everything went."""
-    reporter = reporter or Reporter()
-    c = plan.config
-    run_dir = create_run_dir(plan)
-    (run_dir / "config.toml").write_text(to_toml(c), encoding="utf-8")
+def _stop_on_signals(session: _Session) -> Any:
+    """SIGINT/SIGTERM set a flag the loop checks after each step; a second one acts at once (atomic checkpoint
+    writes keep every file whole). Returns a function that restores the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: Any) -> None:
+        session.stop_signal = signum
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    return lambda: [signal.signal(sig, h) for sig, h in previous.items()]
+
+
+def _write_run_files(plan: Plan, provenance: dict[str, Any] | None, resuming: bool) -> None:
+    run_dir = plan.run_dir
+    (run_dir / "config.toml").write_text(to_toml(plan.config), encoding="utf-8")
+    if resuming:
+        return
     (run_dir / "cli.json").write_text(json.dumps({"argv": sys.argv, **(provenance or {})}, indent=2) + "\n",
                                       encoding="utf-8")
     classes = {"conditional": plan.data.conditional, "class_names": plan.data.class_names,
                "class_counts": plan.data.class_counts, "images": len(plan.data.samples)}
     (run_dir / "classes.json").write_text(json.dumps(classes, indent=2) + "\n", encoding="utf-8")
+
+
+def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, Any] | None = None,
+          state: dict[str, Any] | None = None) -> TrainResult:
+    """Run the whole training, or continue it from a saved ``state`` in the same run directory."""
+    reporter = reporter or Reporter()
+    c = plan.config
+    run_dir = plan.run_dir if state is not None else create_run_dir(plan)
+    _write_run_files(plan, provenance, state is not None)
     logger = RunLogger(run_dir)
+    restore_signals = lambda: None  # noqa: E731
     try:
         for line in plan.describe():
             logger.log(line)
             reporter.info(line)
         session = _Session(plan, reporter, logger)
-        if c.train.pretrain:
+        start_epoch, position = 0, 0
+        if state is not None:
+            start_epoch, position = session.restore(state)
+            logger.log(f"resumed at epoch {start_epoch + 1}, batch {position}, step {session.step}")
+            reporter.info(f"resumed at epoch {start_epoch + 1}, batch {position} (step {session.step})")
+        elif c.train.pretrain:
             path = Path(c.train.pretrain_path).expanduser()
             for note in ckpt.load_pretrained(session.model, ckpt.load_checkpoint(path), path):
                 logger.log(note)
                 reporter.info(note)
             session.ema = EMA(session.model, c.optim.ema_decay)
+        restore_signals = _stop_on_signals(session)
         last, mean_loss = run_dir / "ckpt_last.pt", float("nan")
-        for epoch in range(c.train.epochs):
-            mean_loss = session.run_epoch(epoch)
+        for epoch in range(start_epoch, c.train.epochs):
+            mean_loss = session.run_epoch(epoch, position if epoch == start_epoch else 0)
             done = epoch + 1
             last = session.save(done)
             summary = {"event": "epoch", "step": session.step, "epoch": done, "loss": mean_loss,
@@ -370,8 +431,14 @@ def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, An
             logger.metrics(summary)
             logger.log(f"epoch {done}/{c.train.epochs} done: mean loss {mean_loss:.4f}")
             reporter.end_epoch(epoch, summary)
+            if session.stop_signal is not None:
+                raise Interrupted(session.stop_signal, run_dir)
         logger.log(f"finished: {session.step} steps, checkpoint {last}")
         return TrainResult(run_dir, session.step, mean_loss, last, session.previews, session.skipped)
+    except Interrupted as err:
+        logger.log(err.problems[0])
+        raise
     finally:
+        restore_signals()
         logger.close()
         reporter.close()

@@ -1,0 +1,135 @@
+"""Exact resume: interrupted runs continue bit-identically; Ctrl-C and SIGTERM save the state and exit 130/143."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from iddm_cli.api import DMTrainer
+from iddm_cli.errors import ConfigError, Interrupted
+from iddm_cli.train.checkpoint import load_checkpoint
+from iddm_cli.train.engine import train
+from iddm_cli.train.reporting import SilentReporter
+from iddm_cli.train.resume import plan_resume
+from tests.conftest import make_dataset
+
+SETTINGS = {"image_size": 8, "base_channels": 4, "noise_steps": 20, "epochs": 3, "batch_size": 4, "augment": "iddm",
+            "log_every": 1, "lr_func": "warmup_cosine", "warmup_epochs": 0.5, "lr": 2e-3}
+
+
+class InterruptAt(SilentReporter):
+    """Sends the process a real SIGINT at a chosen point, as a user pressing Ctrl-C would."""
+
+    def __init__(self, epoch: int, step_in_epoch: int | None = None):
+        self.epoch, self.step_in_epoch, self.current = epoch, step_in_epoch, -1
+
+    def start_epoch(self, epoch, epochs, steps):
+        self.current = epoch
+
+    def step(self, done, loss):
+        if self.step_in_epoch is not None and self.current == self.epoch and done == self.step_in_epoch:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def end_epoch(self, epoch, summary):
+        if self.step_in_epoch is None and epoch == self.epoch:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def weights(run_dir):
+    ckpt = load_checkpoint(run_dir / "ckpt_last.pt")
+    return ckpt, {**{f"model.{k}": v for k, v in ckpt["model"].items()},
+                  **{f"ema.{k}": v for k, v in ckpt["ema"].items()}}
+
+
+@pytest.mark.parametrize("stop", [(0, None), (1, 2)], ids=["epoch-boundary", "mid-epoch"])
+@pytest.mark.parametrize("workers", [0, 2], ids=["main-process", "2-workers"])
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, stop, workers):
+    data = make_dataset(tmp_path / "d", ["a", "b", "c"], per_class=6)
+    common = {**SETTINGS, "dataset_path": str(data), "result_path": str(tmp_path), "num_workers": workers}
+    whole = DMTrainer(run_name="whole", reporter=SilentReporter(), **common).train()
+
+    with pytest.raises(Interrupted) as err:
+        DMTrainer(run_name="cut", reporter=InterruptAt(*stop), **common).train()
+    assert err.value.exit_code == 130 and "resume with: iddm resume" in err.value.problems[0]
+    cut = tmp_path / "cut"
+    saved = load_checkpoint(cut / "ckpt_last.pt")["progress"]
+    assert (saved["epoch"], saved["position"]) == ((1, 0) if stop[1] is None else (1, 2))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+    plan, state, _ = plan_resume(cut, {})
+    train(plan, SilentReporter(), state=state)
+    a, wa = weights(whole.run_dir)
+    b, wb = weights(cut)
+    assert a["progress"]["step"] == b["progress"]["step"] == 15 and a["ema_updates"] == b["ema_updates"]
+    mismatched = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not mismatched, mismatched[:3]
+
+
+def test_resume_refuses_changes_to_the_computation_and_extends_epochs(tmp_path, invoke):
+    data = make_dataset(tmp_path / "d", ["a", "b"])
+    run = DMTrainer(dataset_path=str(data), result_path=str(tmp_path), reporter=SilentReporter(),
+                    **{**SETTINGS, "epochs": 1}).train().run_dir
+    result = invoke("resume", run, "--lr", "0.1", "--base-channels", "8")
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert "--lr: optim.lr cannot change when resuming" in text and "--base-channels" in text
+    result = invoke("resume", run)
+    assert result.exit_code == 2 and "has finished all 1 epochs" in " ".join(result.output.split())
+    # IDDM's spelling, repeating unchanged flags, extending the run
+    result = invoke("dm", "train", "--resume", "--run_name", "df", "--result_path", tmp_path, "--image_size", "8",
+                    "--epochs", "2")
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(run / "ckpt_last.pt")["progress"]["epoch"] == 2
+    with pytest.raises(ConfigError, match="not a run directory"):
+        plan_resume(tmp_path / "d", {})
+
+
+def test_start_epoch_names_the_state_after_n_epochs(tmp_path, invoke):
+    data = make_dataset(tmp_path / "d", ["a", "b"])
+    run = DMTrainer(dataset_path=str(data), result_path=str(tmp_path), reporter=SilentReporter(),
+                    save_model_interval=True, save_model_interval_epochs=1, **{**SETTINGS, "epochs": 2}).train().run_dir
+    result = invoke("resume", run, "--start-epoch", "1", "--dry-run")
+    assert result.exit_code == 0 and "continuing from ckpt_001.pt: epoch 2, batch 0" in result.output
+    (run / "ckpt_last.pt").write_bytes(b"broken")  # a damaged newest state falls back to the newest good one
+    _, state, notes = plan_resume(run, {"epochs": 3})
+    assert state["progress"]["epoch"] == 2 and "skipped ckpt_last.pt" in notes[0]
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signals_save_state_and_exit_with_their_code(tmp_path, sig, code):
+    data = make_dataset(tmp_path / "d", ["a", "b"], per_class=20)
+    cmd = [sys.executable, "-m", "iddm_cli", "dm", "train", "--dataset-path", str(data), "--result-path",
+           str(tmp_path), "--image-size", "8", "--base-channels", "4", "--noise-steps", "20", "--epochs", "500",
+           "--batch-size", "2", "--log-every", "1"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    deadline = time.time() + 120
+    for line in proc.stderr:  # wait for training to be under way
+        if "step 3/" in line or time.time() > deadline:
+            break
+    proc.send_signal(sig)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == code, rest
+    assert "resume with: iddm resume" in " ".join(rest.split())
+    progress = load_checkpoint(tmp_path / "df" / "ckpt_last.pt")["progress"]
+    assert progress["step"] >= 3 and progress["position"] > 0
+
+
+def test_a_checkpoint_saved_under_ddp_loads_on_one_device(tmp_path, invoke):
+    """DDP prefixes every key with 'module.'; sampling and resuming strip it."""
+    data = make_dataset(tmp_path / "d", ["a", "b"])
+    run = DMTrainer(dataset_path=str(data), result_path=str(tmp_path), reporter=SilentReporter(),
+                    **{**SETTINGS, "epochs": 1}).train().run_dir
+    ckpt = load_checkpoint(run / "ckpt_last.pt")
+    for key in ("model", "ema"):
+        ckpt[key] = {f"module.{k}": v for k, v in ckpt[key].items()}
+    torch.save(ckpt, run / "ckpt_last.pt")
+    result = invoke("sample", run, "--sampler", "ddim", "--steps", "2", "--num", "1", "--out", tmp_path / "s")
+    assert result.exit_code == 0, result.output
+    plan, state, _ = plan_resume(run, {"epochs": 2})
+    assert train(plan, SilentReporter(), state=state).steps == 6
