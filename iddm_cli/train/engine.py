@@ -1,7 +1,5 @@
-"""Pixel-space diffusion training.
-
-Two phases, so ``--dry-run`` can stop between them: :func:`plan_training` checks the dataset, device and output
-folder and builds the model without writing anything; :func:`train` creates the run directory and runs the loop.
+"""Pixel-space diffusion training: :func:`train` runs a plan from :mod:`iddm_cli.train.plan`, for a new run or
+continuing a saved state.
 Durations are counted in optimizer steps; every step draws its randomness from a generator seeded by
 (seed, step), and every epoch's data order from (seed, epoch), so a run is a pure function of its config.
 """
@@ -16,115 +14,29 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
-from iddm_cli.config import Config, image_hw, to_toml
-from iddm_cli.data.folder import DatasetInfo, EpochSampler, ImageFolderDataset, collate, scan_dataset
+from iddm_cli.config import to_toml
+from iddm_cli.data.folder import EpochSampler, ImageFolderDataset, collate
 from iddm_cli.diffusion.samplers import sample
 from iddm_cli.diffusion.schedule import Diffusion
-from iddm_cli.errors import ConfigError, Interrupted, TrainingError
-from iddm_cli.nets import build_network, count_parameters
+from iddm_cli.errors import Interrupted, TrainingError
 from iddm_cli.train import checkpoint as ckpt
 from iddm_cli.train.ema import EMA
 from iddm_cli.train.objectives import LOSSES, LR_FUNCS, OPTIMIZERS
+from iddm_cli.train.plan import Plan, plan_training
 from iddm_cli.train.preview import save_grid
 from iddm_cli.train.reporting import Reporter
-from iddm_cli.train.rundir import RunLogger, check_writable, plan_run_dir
+from iddm_cli.train.rundir import RunLogger, plan_run_dir
+
+__all__ = ["Plan", "TrainResult", "plan_training", "train"]  # plan_training: re-exported for callers
 
 PREVIEW_BATCH = 64
-
-
-@dataclass
-class Plan:
-    config: Config
-    data: DatasetInfo
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    use_scaler: bool
-    image_size: tuple[int, int]
-    network: dict[str, Any]  # {"name": ..., "kwargs": {...}}: enough to rebuild the model
-    model: nn.Module
-    steps_per_epoch: int
-    run_dir: Path
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def total_steps(self) -> int:
-        return self.steps_per_epoch * self.config.train.epochs
-
-    def describe(self) -> list[str]:
-        c = self.config
-        amp = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}
-        h, w = self.image_size
-        return [
-            f"data:      {self.data.summary()}",
-            f"model:     {self.network['name']} base {c.model.base_channels}, act {c.model.act}, "
-            f"{count_parameters(self.model):,} parameters, {self.data.channels}x{h}x{w}",
-            f"diffusion: T={c.diffusion.noise_steps}, {c.diffusion.noise_schedule} schedule, epsilon prediction, "
-            f"{c.optim.loss} loss",
-            f"optimizer: {c.optim.optim} lr {c.optim.lr:g} ({c.optim.lr_func}), clip {c.optim.max_grad_norm:g}, "
-            f"EMA {c.optim.ema_decay:g}",
-            f"device:    {self.device} ({amp[self.amp_dtype]})",
-            f"schedule:  {c.train.epochs} epochs x {self.steps_per_epoch} steps = {self.total_steps} steps, "
-            f"batch {c.data.batch_size}",
-            f"run dir:   {self.run_dir}",
-            *self.notes,
-        ]
-
-
-# ----------------------------------------------------------------------------------------------- planning
-def select_device(config: Config) -> torch.device:
-    if torch.cuda.is_available():
-        n = torch.cuda.device_count()
-        if config.device.use_gpu >= n:
-            raise ConfigError(f"device.use_gpu = {config.device.use_gpu}, but this machine has {n} GPU(s) "
-                              f"(valid: 0..{n - 1})")
-        return torch.device("cuda", config.device.use_gpu)
-    return torch.device("cpu")
-
-
-def select_amp(device: torch.device, enabled: bool) -> tuple[torch.dtype | None, bool, str | None]:
-    """(autocast dtype or None, use a GradScaler, note): bf16 where the hardware has it, else fp16 on CUDA."""
-    if not enabled:
-        return None, False, None
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return torch.bfloat16, False, None
-        return torch.float16, True, "this GPU has no bf16: --amp uses fp16 with a GradScaler"
-    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return torch.bfloat16, False, None
-    return None, False, "this CPU has no bf16 support: --amp is ignored and training stays in fp32"
-
-
-def plan_training(config: Config) -> Plan:
-    """Validate data, device and output folder, and build the model. Writes nothing."""
-    data = scan_dataset(config.data.dataset_path, config.data.conditional, config.data.num_classes,
-                        config.data.strict_data)
-    device = select_device(config)
-    amp_dtype, use_scaler, amp_note = select_amp(device, config.optim.amp)
-    run_dir, dir_note = plan_run_dir(config.train.result_path, config.train.run_name)
-    problem = check_writable(run_dir)
-    if problem:
-        raise ConfigError(f"train.result_path: cannot create {run_dir}: {problem}")
-    kwargs = {"in_channels": data.channels, "out_channels": data.channels,
-              "base_channels": config.model.base_channels, "num_classes": len(data.class_names),
-              "act": config.model.act}
-    torch.manual_seed(config.train.seed)  # the initial weights depend on the seed alone
-    model = build_network(config.model.network, **kwargs)
-    steps_per_epoch = math.ceil(len(data.samples) / config.data.batch_size)
-    notes = [n for n in (amp_note, dir_note, *data.notes) if n]
-    h, w = image_hw(config)
-    if data.size_stats[1] and data.size_stats[1] < min(h, w):
-        notes.append(f"note: half the images are smaller than {min(h, w)} px (median {data.size_stats[1]} px) "
-                     "and will be upscaled")
-    return Plan(config, data, device, amp_dtype, use_scaler, (h, w),
-                {"name": config.model.network, "kwargs": kwargs}, model, steps_per_epoch, run_dir, notes)
 
 
 # ----------------------------------------------------------------------------------------------- training

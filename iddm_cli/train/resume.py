@@ -16,7 +16,7 @@ from iddm_cli.config import FIELDS, Config, config_from_dict
 from iddm_cli.config.loader import coerce
 from iddm_cli.errors import CheckpointError, ConfigError, DataError
 from iddm_cli.train.checkpoint import load_checkpoint
-from iddm_cli.train.engine import Plan, plan_training
+from iddm_cli.train.plan import Plan, plan_training
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -65,11 +65,10 @@ def plan_resume(run_dir: str | Path, overrides: dict[str, Any], start_epoch: int
     if done >= config.train.epochs and position == 0:
         raise ConfigError(f"{path} has finished all {config.train.epochs} epochs of the run; extend it with "
                           f"--epochs {config.train.epochs + 10}, for example")
-    plan = plan_training(config)
+    plan = plan_training(config, run)
     if plan.data.class_names != state["data"]["class_names"] or plan.data.channels != state["data"]["channels"]:
         raise DataError(f"the dataset at {config.data.dataset_path} no longer matches the run (classes or channels "
                         "changed); resume needs the data the run was started with")
-    plan.run_dir = run
     notes.append(f"continuing from {path.name}: epoch {done + 1}, batch {position}, step {state['progress']['step']}")
     return plan, state, notes
 

@@ -1,0 +1,108 @@
+"""Planning a training run: check the data, device and output folder, and build the model, writing nothing.
+
+``--dry-run`` stops after this phase; :func:`iddm_cli.train.engine.train` runs the plan.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from iddm_cli.config import Config, image_hw
+from iddm_cli.data.folder import DatasetInfo, scan_dataset
+from iddm_cli.errors import ConfigError
+from iddm_cli.nets import build_network, count_parameters
+from iddm_cli.train.rundir import check_writable, plan_run_dir
+
+
+@dataclass
+class Plan:
+    config: Config
+    data: DatasetInfo
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    use_scaler: bool
+    image_size: tuple[int, int]
+    network: dict[str, Any]  # {"name": ..., "kwargs": {...}}: enough to rebuild the model
+    model: nn.Module
+    steps_per_epoch: int
+    run_dir: Path
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.config.train.epochs
+
+    def describe(self) -> list[str]:
+        c = self.config
+        amp = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}
+        h, w = self.image_size
+        return [
+            f"data:      {self.data.summary()}",
+            f"model:     {self.network['name']} base {c.model.base_channels}, act {c.model.act}, "
+            f"{count_parameters(self.model):,} parameters, {self.data.channels}x{h}x{w}",
+            f"diffusion: T={c.diffusion.noise_steps}, {c.diffusion.noise_schedule} schedule, epsilon prediction, "
+            f"{c.optim.loss} loss",
+            f"optimizer: {c.optim.optim} lr {c.optim.lr:g} ({c.optim.lr_func}), clip {c.optim.max_grad_norm:g}, "
+            f"EMA {c.optim.ema_decay:g}",
+            f"device:    {self.device} ({amp[self.amp_dtype]})",
+            f"schedule:  {c.train.epochs} epochs x {self.steps_per_epoch} steps = {self.total_steps} steps, "
+            f"batch {c.data.batch_size}",
+            f"run dir:   {self.run_dir}",
+            *self.notes,
+        ]
+
+
+# ----------------------------------------------------------------------------------------------- planning
+def select_device(config: Config) -> torch.device:
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        if config.device.use_gpu >= n:
+            raise ConfigError(f"device.use_gpu = {config.device.use_gpu}, but this machine has {n} GPU(s) "
+                              f"(valid: 0..{n - 1})")
+        return torch.device("cuda", config.device.use_gpu)
+    return torch.device("cpu")
+
+
+def select_amp(device: torch.device, enabled: bool) -> tuple[torch.dtype | None, bool, str | None]:
+    """(autocast dtype or None, use a GradScaler, note): bf16 where the hardware has it, else fp16 on CUDA."""
+    if not enabled:
+        return None, False, None
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, False, None
+        return torch.float16, True, "this GPU has no bf16: --amp uses fp16 with a GradScaler"
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.bfloat16, False, None
+    return None, False, "this CPU has no bf16 support: --amp is ignored and training stays in fp32"
+
+
+def plan_training(config: Config, run_dir: Path | None = None) -> Plan:
+    """Validate data, device and output folder, and build the model. Writes nothing. ``run_dir``: an existing
+    run to continue (a new one is planned otherwise)."""
+    data = scan_dataset(config.data.dataset_path, config.data.conditional, config.data.num_classes,
+                        config.data.strict_data)
+    device = select_device(config)
+    amp_dtype, use_scaler, amp_note = select_amp(device, config.optim.amp)
+    run_dir, dir_note = (run_dir, None) if run_dir else plan_run_dir(config.train.result_path, config.train.run_name)
+    problem = check_writable(run_dir)
+    if problem:
+        raise ConfigError(f"train.result_path: cannot create {run_dir}: {problem}")
+    kwargs = {"in_channels": data.channels, "out_channels": data.channels,
+              "base_channels": config.model.base_channels, "num_classes": len(data.class_names),
+              "act": config.model.act}
+    torch.manual_seed(config.train.seed)  # the initial weights depend on the seed alone
+    model = build_network(config.model.network, **kwargs)
+    steps_per_epoch = math.ceil(len(data.samples) / config.data.batch_size)
+    notes = [n for n in (amp_note, dir_note, *data.notes) if n]
+    h, w = image_hw(config)
+    if data.size_stats[1] and data.size_stats[1] < min(h, w):
+        notes.append(f"note: half the images are smaller than {min(h, w)} px (median {data.size_stats[1]} px) "
+                     "and will be upscaled")
+    return Plan(config, data, device, amp_dtype, use_scaler, (h, w),
+                {"name": config.model.network, "kwargs": kwargs}, model, steps_per_epoch, run_dir, notes)
