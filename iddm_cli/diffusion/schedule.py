@@ -56,6 +56,8 @@ class Diffusion:
         betas = SCHEDULES[schedule](noise_steps)
         self.betas = betas.float()
         self.alpha_bar = torch.cumprod(1 - betas, dim=0).float()  # (T,)
+        # log alpha_bar in float64 for real-valued steps; computed once, samplers query it every step
+        self.log_abar = torch.cumsum(torch.log1p(-self.betas.double()), 0)
 
     def describe(self) -> dict[str, object]:
         return {"name": self.schedule, "noise_steps": self.T, "prediction": "epsilon"}
@@ -66,7 +68,7 @@ class Diffusion:
     def abar_at(self, t: torch.Tensor | float) -> torch.Tensor:
         """alpha_bar at a real-valued step, interpolating log(alpha_bar) between integer steps (float64)."""
         t = torch.as_tensor(t, dtype=torch.float64).clamp(0, self.T - 1)
-        log_abar = torch.cumsum(torch.log1p(-self.betas.double()), 0)
+        log_abar = self.log_abar
         lo = t.floor().long()
         hi = (lo + 1).clamp(max=self.T - 1)
         w = t - lo
