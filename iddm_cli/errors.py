@@ -23,8 +23,9 @@ class IddmError(Exception):
 
     exit_code: ExitCode = ExitCode.FAILURE
 
-    def __init__(self, *problems: str):
+    def __init__(self, *problems: str, all_ranks: bool = False):
         self.problems = [p for p in problems if p]
+        self.all_ranks = all_ranks  # raised by every process of a multi-process run alike: rank 0 reports it
         super().__init__("\n".join(self.problems))
 
 
@@ -54,4 +55,4 @@ class Interrupted(IddmError):
 
         self.exit_code = ExitCode.INTERRUPTED if signum == signal.SIGINT else ExitCode.TERMINATED
         super().__init__(f"interrupted by {signal.Signals(signum).name}; the state is saved. "
-                         f"resume with: iddm resume {run_dir}")
+                         f"resume with: iddm resume {run_dir}", all_ranks=True)

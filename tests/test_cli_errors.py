@@ -68,8 +68,8 @@ def test_num_classes_mismatch(invoke, cond_data, tmp_path):
 
 
 def test_later_release_features_are_refused(invoke, cond_data):
-    result = invoke("dm", "train", "--dataset-path", cond_data, "--latent", "--distributed")
-    assert_clean_error(result, 2, "model.latent", "device.distributed")
+    result = invoke("dm", "train", "--dataset-path", cond_data, "--latent")
+    assert_clean_error(result, 2, "model.latent")
 
 
 def test_debug_shows_the_traceback(runner, tmp_path, monkeypatch):

@@ -119,11 +119,11 @@ def test_print_config_round_trips(tmp_path):
 
 
 def test_features_of_later_releases_are_refused_not_ignored():
-    r = resolve(sets=["latent=true", "start_epoch=3", "distributed=true", "image_size=20", "base_channels=6"])
+    r = resolve(sets=["latent=true", "start_epoch=3", "image_size=20", "base_channels=6"])
     with pytest.raises(ConfigError) as err:
         check_runnable(r)
     text = "\n".join(err.value.problems)
-    for key in ("model.latent", "train.start_epoch", "device.distributed", "data.image_size", "model.base_channels"):
+    for key in ("model.latent", "train.start_epoch", "data.image_size", "model.base_channels"):
         assert key in text
     assert "--set: data.image_size: 20x20 is not divisible by 8" in text
 
@@ -132,8 +132,28 @@ def test_settings_that_would_do_nothing_are_refused():
     r = resolve(flags={"autoencoder_ckpt": "vae.pt", "world_size": 4, "main_gpu": 1})
     with pytest.raises(ConfigError) as err:
         check_runnable(r)
-    assert len(err.value.problems) == 3
-    assert "--world-size: device.world_size: only applies together with --distributed" in err.value.problems
+    assert len(err.value.problems) == 2  # --main-gpu is accepted (rank 0 always writes)
+    assert "--world-size: device.world_size: only applies together with --distributed (or use --devices N)" \
+        in err.value.problems
+
+
+def test_device_keys_parse_and_contradictions_are_refused():
+    c = resolve(flags={"device": "CUDA:1", "devices": "1"}).config.device
+    assert (c.device, c.devices) == ("cuda:1", 1)
+    assert resolve(sets=["device.devices='all'"]).config.device.devices == "all"
+    assert resolve(sets=["devices=4"]).config.device.devices == 4
+    for flags, expected in [({"device": "tpu"}, "expected auto, cpu, cuda or cuda:N"),
+                            ({"devices": "0"}, 'a number of processes >= 1, or "all"'),
+                            ({"devices": "two"}, 'a number of processes >= 1, or "all"')]:
+        with pytest.raises(ConfigError, match=expected):
+            resolve(flags=flags)
+    for flags, expected in [({"device": "cuda:0", "devices": "2"}, "names one GPU"),
+                            ({"device": "cuda:0", "distributed": True}, "device.distributed: asks for several"),
+                            ({"use_gpu": 1, "device": "cpu"}, "device.use_gpu: 1 contradicts device.device"),
+                            ({"distributed": True, "world_size": 2, "devices": "4"}, "contradicts device.devices")]:
+        with pytest.raises(ConfigError, match=expected):
+            check_runnable(resolve(flags=flags))
+    check_runnable(resolve(flags={"distributed": True, "world_size": 2, "use_gpu": 0}))  # IDDM's usual line
 
 
 def test_pretrain_needs_its_path():

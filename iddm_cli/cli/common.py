@@ -17,7 +17,8 @@ from iddm_cli.errors import ExitCode, IddmError
 
 err_console = Console(stderr=True, highlight=False)
 
-_TYPES: dict[str, Any] = {"int": int, "float": float, "str": str, "bool": bool, "size": str, "tristate": bool}
+_TYPES: dict[str, Any] = {"int": int, "float": float, "str": str, "bool": bool, "size": str, "tristate": bool,
+                         "device": str, "count": str}
 
 
 class IddmCommand(TyperCommand):
@@ -48,8 +49,12 @@ def report_errors(fn: Callable[[], Any], debug: bool | None) -> Any:
     except IddmError as err:
         if debug_enabled(debug):
             raise
+        rank = os.environ.get("RANK", "0") if os.environ.get("WORLD_SIZE", "1") != "1" else "0"
+        if rank != "0" and err.all_ranks:  # under torchrun every rank raised it; rank 0 says it once
+            raise typer.Exit(int(err.exit_code)) from None
         for line in err.problems:
-            err_console.print(f"[bold red]error:[/] {escape(line)}", markup=True, soft_wrap=True)
+            where = f"rank {rank}: " if rank != "0" else ""
+            err_console.print(f"[bold red]error:[/] {escape(where + line)}", markup=True, soft_wrap=True)
         if debug is not None:
             err_console.print("[dim](--debug or IDDM_DEBUG=1 shows the traceback)[/]")
         raise typer.Exit(int(err.exit_code)) from None
@@ -64,6 +69,8 @@ def field_option(spec: FieldSpec) -> inspect.Parameter:
     decls = [f"--{kebab}/--no-{kebab}" if spec.kind in ("bool", "tristate") else f"--{kebab}"]
     if spec.short:
         decls.append(spec.short)
+    if spec.alias:
+        decls.append(spec.alias)
     kind = Literal[spec.choices] if spec.choices else _TYPES[spec.kind]  # Literal: choices shown and completed
     default = "auto" if spec.kind == "tristate" else spec.default
     help_text = f"{spec.help} (default: {format_default(default)})"

@@ -174,6 +174,7 @@ def parse_set(item: str, errors: list[str]) -> tuple[FieldSpec, Any] | None:
 
 
 # ----------------------------------------------------------------------------------------------- values
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 _SIZE_RE = re.compile(r"^[\[(]?\s*(\d+)\s*(?:,\s*(\d+)\s*)?[\])]?$")
 
 
@@ -197,6 +198,17 @@ def parse_image_size(value: Any) -> int | list[int] | None:
 def coerce(spec: FieldSpec, value: Any) -> tuple[Any, str | None]:
     """(value in its canonical form, None) or (None, what was expected)."""
     k = spec.kind
+    if k == "device":
+        text = str(value).strip().lower() if isinstance(value, str) else None
+        return (text, None) if text and DEVICE_RE.match(text) else (None, "auto, cpu, cuda or cuda:N")
+    if k == "count":
+        if isinstance(value, str) and value.strip().lower() == "all":
+            return "all", None
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value.strip())
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value, None
+        return None, 'a number of processes >= 1, or "all"'
     if k == "size":
         size = parse_image_size(value)
         return (size, None) if size is not None else (None, "a positive size: 64 or [H, W]")
@@ -311,14 +323,19 @@ def check_runnable(resolved: Resolved) -> None:
     if c.model.latent:
         bad("latent", "latent diffusion needs a trained autoencoder, and `iddm vae train` is not in this release "
                       "yet; train in pixel space (drop --latent)")
-    if c.device.distributed:
-        bad("distributed", "multi-GPU DDP training is not in this release yet; drop --distributed to train on "
-                           "one device (--use-gpu N picks it)")
     if c.model.autoencoder_ckpt and not c.model.latent:
         bad("autoencoder_ckpt", "only applies to latent diffusion (--latent), which is not in this release yet")
-    for name in ("main_gpu", "world_size"):
-        if not c.device.distributed and getattr(c.device, name) != FIELDS[name].default:
-            bad(name, "only applies together with --distributed")
+    if not c.device.distributed and c.device.world_size:
+        bad("world_size", "only applies together with --distributed (or use --devices N)")
+    if c.device.distributed and c.device.world_size and c.device.devices not in ("all", c.device.world_size):
+        bad("world_size", f"{c.device.world_size} contradicts device.devices = {c.device.devices}; give one of them")
+    if c.device.use_gpu >= 0 and not c.device.distributed and c.device.device not in ("auto",
+                                                                                    f"cuda:{c.device.use_gpu}"):
+        bad("use_gpu", f"{c.device.use_gpu} contradicts device.device = {c.device.device!r}; give one of them")
+    if c.device.device.startswith("cuda:") and (c.device.devices not in ("all", 1) or c.device.distributed):
+        name = "distributed" if c.device.distributed else "devices"
+        bad(name, f"asks for several processes, but device.device = {c.device.device!r} names one GPU; use --device "
+                  "cuda with --devices N (CUDA_VISIBLE_DEVICES picks which GPUs)")
     if c.train.start_epoch != -1 and not c.train.resume:
         bad("start_epoch", "only applies together with --resume")
     if c.train.pretrain and not c.train.pretrain_path:

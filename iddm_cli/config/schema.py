@@ -6,8 +6,8 @@ classes. Key names are unique across sections, so each key is also a flag (``bat
 IDDM's ``--batch_size``) and ``--set batch_size=16`` works as well as ``--set data.batch_size=16``.
 
 Every IDDM diffusion-training flag has a field here with the same name and meaning. A few fields belong to
-capabilities that later releases bring (latent diffusion, DDP); setting them is refused with a message by
-:func:`iddm_cli.config.loader.validate` instead of being silently ignored.
+capability a later release brings (latent diffusion); setting them is refused with a message by
+:func:`iddm_cli.config.loader.check_runnable` instead of being silently ignored.
 """
 
 from __future__ import annotations
@@ -29,10 +29,13 @@ def opt(
     ge: float | None = None,
     gt: float | None = None,
     le: float | None = None,
+    alias: str | None = None,
 ) -> Any:
-    """A config field with its metadata. ``kind`` is int|float|str|bool|size|tristate (inferred from the default)."""
+    """A config field with its metadata. ``kind`` is int|float|str|bool|size|tristate|device|count (inferred from
+    the default); ``alias`` is a second long flag."""
     kind = kind or type(default).__name__
-    meta = {"help": help, "kind": kind, "choices": choices, "short": short, "ge": ge, "gt": gt, "le": le}
+    meta = {"help": help, "kind": kind, "choices": choices, "short": short, "ge": ge, "gt": gt, "le": le,
+            "alias": alias}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -130,10 +133,19 @@ class VisConfig:
 
 @dataclass(kw_only=True)
 class DeviceConfig:
-    use_gpu: int = opt(0, "CUDA device index when a GPU is present; CPU is used otherwise.", ge=0)
-    distributed: bool = opt(False, "Multi-GPU DDP training (not available in this release).")
-    main_gpu: int = opt(0, "DDP: the rank that writes files.", ge=0)
-    world_size: int = opt(2, "DDP: number of processes.", ge=1)
+    device: str = opt("auto", "auto (CUDA when present, else CPU), cpu, cuda (the GPUs --devices picks) or cuda:N "
+                              "(one GPU).", kind="device")
+    devices: Any = opt("all", "How many processes: all = every visible GPU (1 on CPU); N > 1 starts N DDP workers "
+                              "(gloo processes on CPU). 1 turns multi-GPU off.", kind="count", alias="--nproc")
+    use_gpu: int = opt(-1, "IDDM's GPU index: the same as --device cuda:N (-1 = not set). Without a GPU, CPU is used.",
+                       ge=-1)
+    distributed: bool = opt(False, "IDDM's DDP switch: the same as --devices all, or --devices WORLD_SIZE when "
+                                   "--world-size is given.")
+    main_gpu: int = opt(0, "IDDM's saving rank: accepted, but rank 0 always writes (it changes nothing else).", ge=0)
+    world_size: int = opt(0, "IDDM's DDP process count: with --distributed, the same as --devices N (0 = all GPUs).",
+                          ge=0)
+    dist_timeout: int = opt(30, "Minutes a process waits for the others at a collective before the run fails.",
+                            ge=1)
 
 
 SECTIONS: dict[str, type] = {
@@ -177,6 +189,7 @@ class FieldSpec:
     ge: float | None
     gt: float | None
     le: float | None
+    alias: str | None
 
     @property
     def dotted(self) -> str:
@@ -195,7 +208,7 @@ def _specs() -> dict[str, FieldSpec]:
             m = f.metadata
             assert f.name not in specs, f"config key {f.name} is defined twice"
             specs[f.name] = FieldSpec(section, f.name, getattr(instance, f.name), m["kind"], m["help"],
-                                      m["choices"], m["short"], m["ge"], m["gt"], m["le"])
+                                      m["choices"], m["short"], m["ge"], m["gt"], m["le"], m["alias"])
     return specs
 
 

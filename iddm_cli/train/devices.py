@@ -1,0 +1,100 @@
+"""Which device(s) a run uses: one resolution, shared by every trainer, of ``--device``, ``--devices`` and IDDM's
+``--use-gpu``, ``--distributed``, ``--world-size`` and ``--main-gpu``.
+
+    --device auto|cpu|cuda|cuda:N     the kind of device (cuda:N: exactly one GPU)
+    --devices all|N  (alias --nproc)  how many processes: all = every visible GPU, 1 on CPU
+    --use-gpu N                       = --device cuda:N (CPU, with a note, when there is no GPU; ignored with
+                                      --distributed, where each rank takes its own GPU, as in IDDM)
+    --distributed [--world-size N]    = --devices all, or --devices N
+    --main-gpu N                      accepted; rank 0 always writes the run directory
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from iddm_cli.config import Config
+from iddm_cli.config.loader import DEVICE_RE
+from iddm_cli.errors import ConfigError
+from iddm_cli.train.distributed import World
+
+
+@dataclass(frozen=True)
+class Layout:
+    kind: str  # "cpu" | "cuda"
+    nproc: int  # processes on this machine; 1 = train in this process
+    index: int | None  # the GPU of a one-process CUDA run
+    notes: tuple[str, ...] = ()
+
+    @property
+    def backend(self) -> str:
+        return "nccl" if self.kind == "cuda" else "gloo"
+
+    def device(self, world: World | None = None) -> torch.device:
+        """This process's device: a launched worker takes the GPU of its local rank."""
+        if self.kind == "cpu":
+            return torch.device("cpu")
+        if world is not None and world.launched:
+            return torch.device("cuda", world.local_rank)
+        return torch.device("cuda", self.index or 0)
+
+
+def parse_device(spec: str, key: str = "--device") -> tuple[str, int | None]:
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> (kind, index)."""
+    spec = spec.strip().lower()
+    if not DEVICE_RE.match(spec):
+        raise ConfigError(f"{key} {spec!r}: expected auto, cpu, cuda or cuda:N")
+    kind, _, index = spec.partition(":")
+    return kind, int(index) if index else None
+
+
+def visible_gpus() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def plan_layout(config: Config, world: World | None = None) -> Layout:
+    """The device layout of a run; ``world``: the process group a launcher (torchrun) already made, whose size
+    then replaces --devices."""
+    d, notes = config.device, []
+    spec, key = d.device, "device.device"
+    gpus = visible_gpus()
+    if d.use_gpu >= 0 and d.distributed:
+        notes.append(f"note: --use-gpu {d.use_gpu} is ignored with --distributed (each rank takes its own GPU)")
+    elif d.use_gpu >= 0 and spec == "auto":
+        spec, key = f"cuda:{d.use_gpu}", "device.use_gpu"
+        if not gpus:
+            spec = "cpu"
+            notes.append(f"note: --use-gpu {d.use_gpu}: no GPU is visible here, so training runs on the CPU")
+    count = d.devices
+    if d.distributed and count == "all" and d.world_size:
+        count = d.world_size
+    if d.main_gpu:
+        notes.append(f"note: --main-gpu {d.main_gpu}: iddm always writes files from rank 0; nothing else changes")
+    kind, index = parse_device(spec, key)
+    if kind == "auto":
+        kind = "cuda" if gpus else "cpu"
+        if d.distributed and not gpus:
+            notes.append("note: --distributed: no GPU is visible here, so training runs on the CPU")
+    if kind == "cuda" and not gpus:
+        raise ConfigError(f"{key} = {spec!r}: no CUDA GPU is visible here (torch.cuda.is_available() is False); "
+                          "use --device cpu or --device auto")
+    if world is not None and world.launched:
+        if count not in ("all", world.size):
+            notes.append(f"note: --devices {count} is ignored: the launcher started {world.size} processes")
+        if kind == "cuda" and world.local_rank >= gpus:
+            raise ConfigError(f"LOCAL_RANK={world.local_rank}, but this machine shows {gpus} GPU(s); start at most "
+                              f"{gpus} processes per node (torchrun --nproc-per-node {gpus})")
+        return Layout(kind, world.local_size, None, tuple(notes))
+    if kind == "cpu":
+        return Layout("cpu", 1 if count == "all" else count, None, tuple(notes))
+    if index is not None:
+        if index >= gpus:
+            raise ConfigError(f"{key} = {spec!r}, but this machine shows {gpus} GPU(s) (valid: 0..{gpus - 1})")
+        return Layout("cuda", 1, index, tuple(notes))
+    n = gpus if count == "all" else count
+    if n > gpus:
+        raise ConfigError(f"device.devices = {n}, but this machine shows {gpus} GPU(s); use --devices {gpus} or "
+                          "fewer (multi-node runs go through torchrun)")
+    return Layout("cuda", n, 0 if n == 1 else None, tuple(notes))
