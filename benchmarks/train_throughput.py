@@ -48,9 +48,9 @@ def bench(args: argparse.Namespace, amp: bool, tmp: Path) -> dict[str, float | s
     plan.run_dir.mkdir(parents=True)
     session = _Session(plan, SilentReporter(), RunLogger(plan.run_dir))
     if args.channels_last:
-        session.model = session.model.to(memory_format=torch.channels_last)
+        session.model.to(memory_format=torch.channels_last)
     if args.compile:
-        session.model = torch.compile(session.model)
+        session.net = torch.compile(session.model)
     device = plan.device
     x0 = torch.rand(args.batch_size, 3, args.image_size, args.image_size) * 2 - 1
     y = torch.randint(0, 10, (args.batch_size,))
@@ -58,16 +58,16 @@ def bench(args: argparse.Namespace, amp: bool, tmp: Path) -> dict[str, float | s
         x0 = x0.to(memory_format=torch.channels_last)
 
     with FlopCounterMode(display=False) as counter:  # one step, before compilation effects matter
-        session.train_step(x0, y)
+        session.train_step(x0, y, 0)
     flops = counter.get_total_flops()
     for _ in range(args.warmup):
-        session.train_step(x0, y)
+        session.train_step(x0, y, 0)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     for _ in range(args.steps):
-        session.train_step(x0, y)
+        session.train_step(x0, y, 0)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / args.steps

@@ -6,6 +6,7 @@ Labels are indices into the sorted class-folder names (ImageFolder semantics, as
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,21 +213,31 @@ class ImageFolderDataset(Dataset):
 
 
 class EpochSampler(Sampler):
-    """Yields (epoch, index) in an order that depends only on (seed, epoch), from any position in the epoch."""
+    """Yields (epoch, index) in an order that depends only on (seed, epoch), from any position in the epoch.
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
+    With several processes it is a DistributedSampler with ``set_epoch``: the epoch's permutation is padded (by
+    wrapping) to a multiple of ``world`` and rank r takes every world-th item from r. It is our own because a run
+    must resume mid-epoch and each item carries its epoch for the per-sample augmentation seed.
+    """
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.seed, self.rank, self.world = n, seed, rank, world
+        self.per_rank = math.ceil(n / world)
+        self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
     def __iter__(self):
         order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + self.epoch))
+        if self.world > 1:
+            order = order.repeat(math.ceil(self.per_rank * self.world / self.n))[:self.per_rank * self.world]
+            order = order[self.rank::self.world]
         for index in order[self.start:].tolist():
             yield self.epoch, index
 
     def __len__(self) -> int:
-        return self.n - self.start
+        return max(0, self.per_rank - self.start)
 
 
 def collate(items: list[tuple[Any, Any]]) -> tuple[torch.Tensor | None, torch.Tensor | None, list[str]]:

@@ -1,13 +1,18 @@
 """Pixel-space diffusion training: :func:`train` runs a plan from :mod:`iddm_cli.train.plan`, for a new run or
 continuing a saved state.
 Durations are counted in optimizer steps; every step draws its randomness from a generator seeded by
-(seed, step), and every epoch's data order from (seed, epoch), so a run is a pure function of its config.
+(seed, rank, step), and every epoch's data order from (seed, epoch), so a run is a pure function of its config.
+
+Under DDP (a :class:`~iddm_cli.train.distributed.World` from a launcher) every rank runs this same loop on its shard
+of the data; rank 0 alone writes the run directory, and every collective is entered by all ranks at the same point:
+the per-step agreement on loss and stop signals, checkpoints (skipped-file lists) and the sharded previews.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import signal
@@ -19,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from iddm_cli.config import to_toml
@@ -27,16 +33,19 @@ from iddm_cli.diffusion.samplers import sample
 from iddm_cli.diffusion.schedule import Diffusion
 from iddm_cli.errors import Interrupted, TrainingError
 from iddm_cli.train import checkpoint as ckpt
+from iddm_cli.train import distributed as dist
+from iddm_cli.train.distributed import SINGLE, World
 from iddm_cli.train.ema import EMA
 from iddm_cli.train.objectives import LOSSES, LR_FUNCS, OPTIMIZERS
 from iddm_cli.train.plan import Plan, plan_training
 from iddm_cli.train.preview import save_grid
-from iddm_cli.train.reporting import Reporter
-from iddm_cli.train.rundir import RunLogger, plan_run_dir
+from iddm_cli.train.reporting import Reporter, SilentReporter
+from iddm_cli.train.rundir import NullLogger, RunLogger, plan_run_dir
 
 __all__ = ["Plan", "TrainResult", "plan_training", "train"]  # plan_training: re-exported for callers
 
 PREVIEW_BATCH = 64
+RUN_MARKER = ".iddm-run"  # created exclusively: the run directory belongs to the process that made it
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -50,18 +59,23 @@ class TrainResult:
     skipped_steps: int
 
 
-def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
+def step_generator(seed: int, step: int, device: torch.device, rank: int = 0) -> torch.Generator:
+    """The generator of one step's noise, timesteps and label dropout; each rank draws its own."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step + rank * 0x9E3779B97F4A7C15) % 2**63)
 
 
 class _Session:
     """The state of one training run: model, EMA, optimizer, data, logs, and the per-step update."""
 
-    def __init__(self, plan: Plan, reporter: Reporter, logger: RunLogger):
+    def __init__(self, plan: Plan, reporter: Reporter, logger: RunLogger | NullLogger, world: World = SINGLE):
         c = plan.config
-        self.plan, self.c, self.reporter, self.logger = plan, c, reporter, logger
+        self.plan, self.c, self.reporter, self.logger, self.world = plan, c, reporter, logger, world
         self.device = plan.device
         self.model = plan.model.to(self.device).train()
+        self.net = self.model  # what the step calls: the DDP wrapper under a process group
+        if world.launched:  # every parameter is used every step, so no find_unused_parameters
+            self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type ==
+                                               "cuda" else None, gradient_as_bucket_view=True)
         self.ema = EMA(self.model, c.optim.ema_decay)
         self.optimizer = OPTIMIZERS[c.optim.optim](self.model.parameters(), c.optim.lr)
         self.scaler = torch.amp.GradScaler("cuda") if plan.use_scaler else None
@@ -70,7 +84,7 @@ class _Session:
         self.lr_func = LR_FUNCS[c.optim.lr_func]
         self.warmup = round(c.optim.warmup_epochs * plan.steps_per_epoch)
         dataset = ImageFolderDataset(plan.data, c.data.augment, plan.image_size, c.data.strict_data, c.train.seed)
-        self.sampler = EpochSampler(len(dataset), c.train.seed)
+        self.sampler = EpochSampler(len(dataset), c.train.seed, world.rank, world.size)
         self.loader = DataLoader(
             dataset, batch_size=c.data.batch_size, sampler=self.sampler, num_workers=c.data.num_workers,
             collate_fn=collate,
@@ -79,15 +93,17 @@ class _Session:
         self.skipped = 0
         self.nonfinite_run = 0  # consecutive non-finite steps
         self.stop_signal: int | None = None  # set by the SIGINT/SIGTERM handler
+        self.agreed_stop: int | None = None  # the signal every rank acts on, agreed after each step
         self.bad_files: set[str] = set()  # files that failed to decode; skipped, never a crash
         self.previews: list[Path] = []
 
     # one optimizer step ------------------------------------------------------------------------------------
-    def train_step(self, x0: torch.Tensor, y: torch.Tensor) -> tuple[float, float, float] | None:
-        """Returns (loss, grad norm, lr), or None when the step was skipped for a non-finite value."""
+    def train_step(self, x0: torch.Tensor, y: torch.Tensor, sched_step: int) -> tuple[float, float, float] | None:
+        """Returns (loss averaged over ranks, grad norm, lr), or None when the step was skipped for a non-finite
+        value. ``sched_step``: the position in the learning-rate schedule (epoch * steps_per_epoch + batch)."""
         c, b = self.c, x0.shape[0]
         x0 = x0.to(self.device, non_blocking=True)  # (B, C, H, W) in [-1, 1]
-        g = step_generator(c.train.seed, self.step, self.device)
+        g = step_generator(c.train.seed, self.step, self.device, self.world.rank)
         t = torch.randint(0, self.diffusion.T, (b,), device=self.device, generator=g)
         noise = torch.randn(x0.shape, device=self.device, generator=g)
         labels = None
@@ -98,14 +114,14 @@ class _Session:
         x_t = self.diffusion.q_sample(x0, t, noise)
 
         # lr for this step (per step, not per epoch; the first step already trains)
-        lr = c.optim.lr * self.lr_func(self.step, self.plan.total_steps, self.warmup)
+        lr = c.optim.lr * self.lr_func(sched_step, self.plan.total_steps, self.warmup)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
         # forward, backward
         with torch.autocast(self.device.type, dtype=self.plan.amp_dtype or torch.float32,
                             enabled=self.plan.amp_dtype is not None):
-            pred = self.model(x_t, t, labels)
+            pred = self.net(x_t, t, labels)
         loss = self.loss_fn(pred.float(), noise)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
@@ -118,7 +134,8 @@ class _Session:
         max_norm = c.optim.max_grad_norm or float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         self.step += 1
-        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):  # CPU-GPU sync point
+        loss_value = self._agree(loss)  # CPU-GPU sync point; the gradients (so grad_norm) already agree
+        if not (math.isfinite(loss_value) and torch.isfinite(grad_norm)):
             self.skipped += 1
             self.nonfinite_run += 1
             self.optimizer.zero_grad(set_to_none=True)
@@ -129,7 +146,7 @@ class _Session:
                 raise TrainingError(
                     f"step {self.step}: the loss or gradients were non-finite for {self.nonfinite_run} steps in a "
                     f"row, so training stopped; the last good checkpoint is {self.plan.run_dir / 'ckpt_last.pt'} "
-                    "(try a lower --lr, or train without --amp)")
+                    "(try a lower --lr, or train without --amp)", all_ranks=True)
             return None
         self.nonfinite_run = 0
         if self.scaler is not None:
@@ -138,7 +155,28 @@ class _Session:
         else:
             self.optimizer.step()
         self.ema.update(self.model)
-        return loss.item(), grad_norm.item(), lr
+        return loss_value, grad_norm.item(), lr
+
+    def _agree(self, loss: torch.Tensor) -> float:
+        """The loss averaged over ranks, and the stop signal every rank acts on (one small all-reduce a step)."""
+        local = self.stop_signal
+        if not self.world.launched:
+            self.agreed_stop = local
+            return loss.item()
+        flags = [float(local == signal.SIGINT), float(local == signal.SIGTERM)]
+        stats = torch.cat([loss.detach().float().reshape(1), torch.tensor(flags, device=self.device)])
+        dist.all_reduce_sum(stats)
+        total, n_int, n_term = stats.tolist()
+        self.agreed_stop = signal.SIGTERM if n_term else signal.SIGINT if n_int else None
+        return total / self.world.size
+
+    def stop_requested(self) -> int | None:
+        """At an epoch end: the signal all ranks stop on, or None (a collective under DDP)."""
+        if self.world.launched:
+            self._agree(torch.zeros((), device=self.device))
+        else:
+            self.agreed_stop = self.stop_signal
+        return self.agreed_stop
 
     # one epoch ----------------------------------------------------------------------------------------------
     def run_epoch(self, epoch: int, start: int = 0) -> float:
@@ -156,7 +194,7 @@ class _Session:
                 self.reporter.info(f"warning: skipped a file that failed to decode: {path}")
             if x0 is None:
                 continue
-            out = self.train_step(x0, y)
+            out = self.train_step(x0, y, epoch * spe + i)
             images += x0.shape[0]
             if out is not None:
                 window.append(out[0])
@@ -164,11 +202,13 @@ class _Session:
                 self.reporter.step(i + 1, out[0])
             if self.step % c.train.log_every == 0 or i + 1 == spe:
                 elapsed = time.perf_counter() - t0
-                self._log_status(epoch, i + 1, window, out, images / max(elapsed, 1e-9))
+                self._log_status(epoch, i + 1, window, out, images * self.world.size / max(elapsed, 1e-9))
                 window, t0, images = [], time.perf_counter(), 0
-            if self.stop_signal is not None and i + 1 < spe:  # Ctrl-C or SIGTERM: save and leave mid-epoch
+            if not self.world.launched:  # a single process acts on its own flag at once
+                self.agreed_stop = self.stop_signal
+            if self.agreed_stop is not None and i + 1 < spe:  # Ctrl-C or SIGTERM: save and leave mid-epoch
                 self.save(epoch, position=i + 1)
-                raise Interrupted(self.stop_signal, self.plan.run_dir)
+                raise Interrupted(self.agreed_stop, self.plan.run_dir)
         return sum(epoch_losses) / max(len(epoch_losses), 1)
 
     def _log_status(self, epoch: int, done: int, window: list[float], last: Any, ips: float) -> None:
@@ -195,7 +235,8 @@ class _Session:
             "diffusion": self.diffusion.describe(),
             "versions": ckpt.versions(),
             "progress": {"epoch": epochs_done, "step": self.step, "skipped_steps": self.skipped,
-                         "skipped_files": sorted(self.bad_files), "position": position},
+                         "skipped_files": sorted(self.bad_files), "position": position,
+                         "world_size": self.world.size},
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             "model": self.model.state_dict(),
@@ -206,9 +247,17 @@ class _Session:
         }
 
     def save(self, epochs_done: int, position: int = 0) -> Path:
-        """ckpt_last.pt (and, at an epoch end, the interval checkpoint). ``position``: batches into the next epoch."""
+        """ckpt_last.pt (and, at an epoch end, the interval checkpoint). ``position``: batches into the next epoch.
+        Every rank calls it (the skipped-file lists are gathered); rank 0 writes."""
         s, run_dir = self.c.save, self.plan.run_dir
         last = run_dir / "ckpt_last.pt"
+        if self.world.launched:
+            seen = set().union(*dist.all_gather_object(sorted(self.bad_files), self.world))
+            for path in sorted(seen - self.bad_files):
+                self.logger.log(f"skipped a file that failed to decode (on another rank): {path}")
+            self.bad_files |= seen
+        if not self.world.is_main:
+            return last
         ckpt.save_checkpoint(last, self.checkpoint_payload(epochs_done, position))
         if position == 0 and s.save_model_interval and epochs_done > s.start_model_interval \
                 and epochs_done % s.save_model_interval_epochs == 0:
@@ -222,8 +271,8 @@ class _Session:
                     old.unlink()
         return last
 
-    def restore(self, state: dict[str, Any]) -> tuple[int, int]:
-        """Load a training state; returns (epoch to continue, batch position in it)."""
+    def restore(self, state: dict[str, Any]) -> tuple[int, int, str | None]:
+        """Load a training state; returns (epoch to continue, batch position in it, note)."""
         self.model.load_state_dict(ckpt.strip_prefix(state["model"]))
         self.ema.load_state_dict(ckpt.strip_prefix(state["ema"]), state["ema_updates"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -239,10 +288,17 @@ class _Session:
             random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in rng["python"]))
         if rng.get("cuda") and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(rng["cuda"])
-        return progress["epoch"], progress.get("position", 0)
+        position, saved_world, note = progress.get("position", 0), progress.get("world_size", 1), None
+        if saved_world != self.world.size:  # same samples seen, counted in this world's batches
+            position = min(self.plan.steps_per_epoch, position * saved_world // self.world.size)
+            note = (f"note: the run was saved by {saved_world} process(es) and continues on {self.world.size}: the "
+                    "data order from here on differs from a run that was never interrupted")
+        return progress["epoch"], position, note
 
-    def preview(self, epochs_done: int) -> Path:
-        c, data = self.c, self.plan.data
+    def preview(self, epochs_done: int) -> Path | None:
+        """A grid from the EMA weights, always from the same noise. Under DDP each rank samples its share of the
+        grid and rank 0 gathers and writes it, so no rank waits long for another. Returns the file on rank 0."""
+        c, data, world = self.c, self.plan.data, self.world
         per = c.vis.num_vis if c.vis.num_vis > 0 else 8
         if data.conditional:
             labels = torch.arange(len(data.class_names), device=self.device).repeat_interleave(per)
@@ -251,12 +307,17 @@ class _Session:
         n = labels.numel() if labels is not None else per
         g = torch.Generator().manual_seed(c.train.seed)  # the same noise every time: progress is comparable
         noise = torch.randn(n, data.channels, *self.plan.image_size, generator=g).to(self.device)
-        chunks = []
-        for i in range(0, n, PREVIEW_BATCH):
-            y = labels[i:i + PREVIEW_BATCH] if labels is not None else None
-            chunks.append(sample(self.ema.model, self.diffusion, noise[i:i + PREVIEW_BATCH], y, sampler="ddim",
-                                 steps=c.vis.vis_steps, cfg_scale=c.diffusion.cfg_scale))
-        images = torch.cat(chunks)
+        share = math.ceil(n / world.size)
+        lo, hi = world.rank * share, min(n, (world.rank + 1) * share)
+        mine = torch.zeros(share, *noise.shape[1:], device=self.device)
+        for i in range(lo, hi, PREVIEW_BATCH):
+            j = min(hi, i + PREVIEW_BATCH)
+            y = labels[i:j] if labels is not None else None
+            mine[i - lo:j - lo] = sample(self.ema.model, self.diffusion, noise[i:j], y, sampler="ddim",
+                                         steps=c.vis.vis_steps, cfg_scale=c.diffusion.cfg_scale)
+        images = torch.cat(dist.all_gather_tensor(mine, world))[:n] if world.launched else mine[:n]
+        if not world.is_main:
+            return None
         rows = len(data.class_names) if data.conditional else max(1, round(math.sqrt(n)))
         path = self.plan.run_dir / "vis" / f"ema_{epochs_done:03d}.{c.vis.image_format}"
         save_grid(images, path, rows, data.class_names or None, c.vis.image_format)
@@ -265,28 +326,32 @@ class _Session:
 
 
 def create_run_dir(plan: Plan) -> Path:
-    """Create the planned folder; if another run took the name meanwhile, take the next free one."""
+    """Create the planned folder and claim it with an exclusive marker file; if another run took the name
+    meanwhile (two launches at once), take the next free one."""
     while True:
-        if plan.run_dir.is_dir() and not any(plan.run_dir.iterdir()):
-            return plan.run_dir  # an empty folder (made by hand, say) is free to use
         try:
-            plan.run_dir.mkdir(parents=True)
+            plan.run_dir.mkdir(parents=True, exist_ok=True)  # an empty folder (made by hand, say) is free to use
+            os.close(os.open(plan.run_dir / RUN_MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            plan.claimed = True
             return plan.run_dir
         except FileExistsError:
             plan.run_dir, _ = plan_run_dir(plan.config.train.result_path, plan.config.train.run_name)
 
 
 def _stop_on_signals(session: _Session) -> Any:
-    """SIGINT/SIGTERM set a flag the loop checks after each step; a second one acts at once (atomic checkpoint
-    writes keep every file whole). Returns a function that restores the previous handlers."""
+    """SIGINT/SIGTERM set a flag the loop checks after each step; in a single process a second one acts at once
+    (atomic checkpoint writes keep every file whole). A launched worker never escalates: launchers deliver a
+    signal more than once (the terminal and torchrun both do), and iddm's own launcher escalates itself.
+    Returns a function that restores the previous handlers."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def handler(signum: int, frame: Any) -> None:
         session.stop_signal = signum
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if not session.world.launched:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     for sig in previous:
         signal.signal(sig, handler)
@@ -306,30 +371,38 @@ def _write_run_files(plan: Plan, provenance: dict[str, Any] | None, resuming: bo
 
 
 def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, Any] | None = None,
-          state: dict[str, Any] | None = None) -> TrainResult:
-    """Run the whole training, or continue it from a saved ``state`` in the same run directory."""
-    reporter = reporter or Reporter()
-    c = plan.config
-    run_dir = plan.run_dir if state is not None else create_run_dir(plan)
-    _write_run_files(plan, provenance, state is not None)
-    logger = RunLogger(run_dir)
+          state: dict[str, Any] | None = None, world: World = SINGLE) -> TrainResult:
+    """Run the whole training, or continue it from a saved ``state`` in the same run directory. Under DDP every
+    rank calls this with its ``world``; rank 0 alone creates and writes the run directory."""
+    c, run_dir = plan.config, plan.run_dir
+    if world.is_main:
+        reporter = reporter or Reporter()
+        run_dir = plan.run_dir if state is not None or plan.claimed else create_run_dir(plan)
+        _write_run_files(plan, provenance, state is not None)
+        logger: RunLogger | NullLogger = RunLogger(run_dir)
+    else:
+        reporter, logger = SilentReporter(), NullLogger()
     restore_signals = lambda: None  # noqa: E731
     try:
         for line in plan.describe():
             logger.log(line)
             reporter.info(line)
-        session = _Session(plan, reporter, logger)
+        session = _Session(plan, reporter, logger, world)
         start_epoch, position = 0, 0
         if state is not None:
-            start_epoch, position = session.restore(state)
-            logger.log(f"resumed at epoch {start_epoch + 1}, batch {position}, step {session.step}")
-            reporter.info(f"resumed at epoch {start_epoch + 1}, batch {position} (step {session.step})")
+            start_epoch, position, note = session.restore(state)
+            for line in filter(None, [note, f"resumed at epoch {start_epoch + 1}, batch {position} "
+                                            f"(step {session.step})"]):
+                logger.log(line)
+                reporter.info(line)
         elif c.train.pretrain:
             path = Path(c.train.pretrain_path).expanduser()
             for note in ckpt.load_pretrained(session.model, ckpt.load_checkpoint(path), path):
                 logger.log(note)
                 reporter.info(note)
             session.ema = EMA(session.model, c.optim.ema_decay)
+        if world.launched:
+            logger.log(dist.check_consistency(world, _weights(session)))
         restore_signals = _stop_on_signals(session)
         last, mean_loss = run_dir / "ckpt_last.pt", float("nan")
         for epoch in range(start_epoch, c.train.epochs):
@@ -339,12 +412,16 @@ def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, An
             summary = {"event": "epoch", "step": session.step, "epoch": done, "loss": mean_loss,
                        "skipped_steps": session.skipped, "skipped_files": len(session.bad_files)}
             if c.vis.vis and (done % c.vis.vis_interval == 0 or done == c.train.epochs):
-                summary["preview"] = str(session.preview(done).relative_to(run_dir))
+                preview = session.preview(done)
+                if preview is not None:
+                    summary["preview"] = str(preview.relative_to(run_dir))
             logger.metrics(summary)
             logger.log(f"epoch {done}/{c.train.epochs} done: mean loss {mean_loss:.4f}")
             reporter.end_epoch(epoch, summary)
-            if session.stop_signal is not None:
-                raise Interrupted(session.stop_signal, run_dir)
+            if session.stop_requested() is not None:
+                raise Interrupted(session.agreed_stop, run_dir)
+        if world.launched:
+            logger.log(dist.check_consistency(world, _weights(session)))
         logger.log(f"finished: {session.step} steps, checkpoint {last}")
         return TrainResult(run_dir, session.step, mean_loss, last, session.previews, session.skipped)
     except Interrupted as err:
@@ -354,3 +431,7 @@ def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, An
         restore_signals()
         logger.close()
         reporter.close()
+
+
+def _weights(session: _Session) -> dict[str, Any]:
+    return {"parameters": list(session.model.parameters()), "EMA": list(session.ema.model.state_dict().values())}

@@ -17,6 +17,8 @@ from iddm_cli.config import Config, image_hw
 from iddm_cli.data.folder import DatasetInfo, scan_dataset
 from iddm_cli.errors import ConfigError
 from iddm_cli.nets import build_network, count_parameters
+from iddm_cli.train.devices import Layout, plan_layout
+from iddm_cli.train.distributed import World
 from iddm_cli.train.rundir import check_writable, plan_run_dir
 
 
@@ -32,7 +34,10 @@ class Plan:
     model: nn.Module
     steps_per_epoch: int
     run_dir: Path
+    layout: Layout
+    world_size: int = 1  # processes training together (each with its own batch)
     notes: list[str] = field(default_factory=list)
+    claimed: bool = False  # run_dir has been created and claimed by this process
 
     @property
     def total_steps(self) -> int:
@@ -50,25 +55,19 @@ class Plan:
             f"{c.optim.loss} loss",
             f"optimizer: {c.optim.optim} lr {c.optim.lr:g} ({c.optim.lr_func}), clip {c.optim.max_grad_norm:g}, "
             f"EMA {c.optim.ema_decay:g}",
-            f"device:    {self.device} ({amp[self.amp_dtype]})",
+            f"device:    {self.device} ({amp[self.amp_dtype]})" if self.world_size == 1 else
+            f"device:    {self.world_size} processes, {self.layout.kind} ({amp[self.amp_dtype]}), DDP over "
+            f"{self.layout.backend}",
             f"schedule:  {c.train.epochs} epochs x {self.steps_per_epoch} steps = {self.total_steps} steps, "
-            f"batch {c.data.batch_size}",
+            + (f"batch {c.data.batch_size}" if self.world_size == 1 else
+               f"batch {c.data.batch_size} per process x {self.world_size} = {c.data.batch_size * self.world_size} "
+               "global"),
             f"run dir:   {self.run_dir}",
             *self.notes,
         ]
 
 
 # ----------------------------------------------------------------------------------------------- planning
-def select_device(config: Config) -> torch.device:
-    if torch.cuda.is_available():
-        n = torch.cuda.device_count()
-        if config.device.use_gpu >= n:
-            raise ConfigError(f"device.use_gpu = {config.device.use_gpu}, but this machine has {n} GPU(s) "
-                              f"(valid: 0..{n - 1})")
-        return torch.device("cuda", config.device.use_gpu)
-    return torch.device("cpu")
-
-
 def select_amp(device: torch.device, enabled: bool) -> tuple[torch.dtype | None, bool, str | None]:
     """(autocast dtype or None, use a GradScaler, note): bf16 where the hardware has it, else fp16 on CUDA."""
     if not enabled:
@@ -82,27 +81,38 @@ def select_amp(device: torch.device, enabled: bool) -> tuple[torch.dtype | None,
     return None, False, "this CPU has no bf16 support: --amp is ignored and training stays in fp32"
 
 
-def plan_training(config: Config, run_dir: Path | None = None) -> Plan:
+def plan_training(config: Config, run_dir: Path | None = None, world: World | None = None,
+                  data: DatasetInfo | None = None) -> Plan:
     """Validate data, device and output folder, and build the model. Writes nothing. ``run_dir``: an existing
-    run to continue (a new one is planned otherwise)."""
-    data = scan_dataset(config.data.dataset_path, config.data.conditional, config.data.num_classes,
-                        config.data.strict_data)
-    device = select_device(config)
+    run to continue (a new one is planned otherwise). ``world``: this process's place in a launched process group;
+    ``data``: rank 0's scan, which the other ranks reuse so that every rank indexes the same files (they skip the
+    scan and the output-folder check)."""
+    layout = plan_layout(config, world)
+    world_size = world.size if world is not None and world.launched else layout.nproc
+    device = layout.device(world)
+    if data is None:
+        data = scan_dataset(config.data.dataset_path, config.data.conditional, config.data.num_classes,
+                            config.data.strict_data)
+        run_dir, dir_note = (run_dir, None) if run_dir else plan_run_dir(config.train.result_path,
+                                                                          config.train.run_name)
+        problem = check_writable(run_dir)
+        if problem:
+            raise ConfigError(f"train.result_path: cannot create {run_dir}: {problem}")
+    else:
+        assert run_dir is not None, "the other ranks get rank 0's run directory with its data"
+        dir_note = None
     amp_dtype, use_scaler, amp_note = select_amp(device, config.optim.amp)
-    run_dir, dir_note = (run_dir, None) if run_dir else plan_run_dir(config.train.result_path, config.train.run_name)
-    problem = check_writable(run_dir)
-    if problem:
-        raise ConfigError(f"train.result_path: cannot create {run_dir}: {problem}")
     kwargs = {"in_channels": data.channels, "out_channels": data.channels,
               "base_channels": config.model.base_channels, "num_classes": len(data.class_names),
               "act": config.model.act}
     torch.manual_seed(config.train.seed)  # the initial weights depend on the seed alone
     model = build_network(config.model.network, **kwargs)
-    steps_per_epoch = math.ceil(len(data.samples) / config.data.batch_size)
-    notes = [n for n in (amp_note, dir_note, *data.notes) if n]
+    steps_per_epoch = math.ceil(math.ceil(len(data.samples) / world_size) / config.data.batch_size)
+    notes = [n for n in (amp_note, dir_note, *layout.notes, *data.notes) if n]
     h, w = image_hw(config)
     if data.size_stats[1] and data.size_stats[1] < min(h, w):
         notes.append(f"note: half the images are smaller than {min(h, w)} px (median {data.size_stats[1]} px) "
                      "and will be upscaled")
     return Plan(config, data, device, amp_dtype, use_scaler, (h, w),
-                {"name": config.model.network, "kwargs": kwargs}, model, steps_per_epoch, run_dir, notes)
+                {"name": config.model.network, "kwargs": kwargs}, model, steps_per_epoch, run_dir, layout,
+                world_size, notes)

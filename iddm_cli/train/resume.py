@@ -16,6 +16,7 @@ from iddm_cli.config import FIELDS, Config, config_from_dict
 from iddm_cli.config.loader import coerce
 from iddm_cli.errors import CheckpointError, ConfigError, DataError
 from iddm_cli.train.checkpoint import load_checkpoint
+from iddm_cli.train.distributed import World
 from iddm_cli.train.plan import Plan, plan_training
 
 if sys.version_info >= (3, 11):
@@ -26,7 +27,8 @@ else:  # pragma: no cover
 # Settings that may change on resume: none of them alters the model, the data or the optimisation.
 RESUME_OVERRIDES = ("epochs", "num_workers", "save_model_interval", "save_model_interval_epochs",
                     "start_model_interval", "keep_last", "vis", "vis_interval", "num_vis", "vis_steps", "image_format",
-                    "log_every", "use_gpu", "strict_data", "max_nonfinite")
+                    "log_every", "strict_data", "max_nonfinite", "device", "devices", "use_gpu", "distributed",
+                    "world_size", "main_gpu", "dist_timeout")
 IGNORED_ON_RESUME = ("resume", "start_epoch", "run_name", "result_path", "pretrain", "pretrain_path")
 
 
@@ -50,10 +52,11 @@ def find_state(run_dir: Path, start_epoch: int = -1) -> tuple[Path, dict[str, An
                           + (f"; {notes[0]}" if notes else ""))
 
 
-def plan_resume(run_dir: str | Path, overrides: dict[str, Any], start_epoch: int = -1
+def plan_resume(run_dir: str | Path, overrides: dict[str, Any], start_epoch: int = -1, world: World | None = None
                 ) -> tuple[Plan, dict[str, Any], list[str]]:
     """(plan, state, notes). ``overrides`` are flag values by key; unchanged values are accepted, changed ones
-    only when they are in RESUME_OVERRIDES."""
+    only when they are in RESUME_OVERRIDES (the device layout among them: a run may continue on another number
+    of processes). ``world``: this process's place in a launched group."""
     run = Path(run_dir).expanduser()
     toml = run / "config.toml"
     if not toml.is_file():
@@ -65,7 +68,7 @@ def plan_resume(run_dir: str | Path, overrides: dict[str, Any], start_epoch: int
     if done >= config.train.epochs and position == 0:
         raise ConfigError(f"{path} has finished all {config.train.epochs} epochs of the run; extend it with "
                           f"--epochs {config.train.epochs + 10}, for example")
-    plan = plan_training(config, run)
+    plan = plan_training(config, run, world)
     if plan.data.class_names != state["data"]["class_names"] or plan.data.channels != state["data"]["channels"]:
         raise DataError(f"the dataset at {config.data.dataset_path} no longer matches the run (classes or channels "
                         "changed); resume needs the data the run was started with")

@@ -63,3 +63,16 @@ class RunLogger:
         self._metrics.close()
         if self._tb is not None:
             self._tb.close()
+
+
+class NullLogger:
+    """What ranks other than 0 log through: nothing (rank 0 alone writes the run directory)."""
+
+    def log(self, line: str) -> None:
+        pass
+
+    def metrics(self, record: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

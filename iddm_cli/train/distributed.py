@@ -1,0 +1,157 @@
+"""Process groups: which process this is (:class:`World`), joining the group a launcher set up, and the few
+collectives the trainers use.
+
+Every rank enters every collective at the same point of the loop, so nothing here waits on rank 0 alone. A failure
+inside a collective means another process died or was stopped; it becomes :class:`PeerLost`, so that the error the
+user reads is the failing process's own and not a gloo or NCCL traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from iddm_cli.errors import ConfigError, TrainingError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    local_rank: int = 0
+    size: int = 1
+    local_size: int = 1
+    launched: bool = False  # started by torchrun or by iddm's own launcher: there is a process group to join
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+SINGLE = World()
+
+
+def world_from_env(env: dict[str, str] | None = None) -> World | None:
+    """The place a launcher (torchrun, iddm's own, a Slurm wrapper) gave this process, or None when there is none."""
+    env = dict(os.environ) if env is None else env
+    if "RANK" not in env or "WORLD_SIZE" not in env:
+        return None
+    try:
+        rank, size = int(env["RANK"]), int(env["WORLD_SIZE"])
+        local_rank = int(env.get("LOCAL_RANK", rank))
+        local_size = int(env.get("LOCAL_WORLD_SIZE", size))
+    except ValueError:
+        raise ConfigError(f"environment: RANK={env['RANK']!r}, WORLD_SIZE={env['WORLD_SIZE']!r}, LOCAL_RANK and "
+                          "LOCAL_WORLD_SIZE must be integers") from None
+    if not 0 <= rank < size:
+        raise ConfigError(f"environment: RANK={rank} is outside WORLD_SIZE={size}")
+    return World(rank, local_rank, size, local_size, launched=True)
+
+
+class PeerLost(TrainingError):
+    """A collective failed because another process failed or was stopped; that process's error is the real one."""
+
+
+def is_comm_failure(err: BaseException) -> bool:
+    """True for the errors gloo and NCCL raise when a peer is gone (also inside DDP's gradient all-reduce)."""
+    text = str(err)
+    return isinstance(err, dist.DistError) or any(
+        mark in text for mark in ("gloo", "NCCL", "Connection closed by peer", "Connection reset by peer"))
+
+
+def peer_lost(err: BaseException, what: str) -> PeerLost:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return PeerLost(f"lost contact with the other processes during {what} (another one failed or was stopped): "
+                    f"{first}")
+
+
+def _guard(what: str, fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except (RuntimeError, ValueError) as err:  # dist.DistError is a RuntimeError
+        raise peer_lost(err, what) from err
+
+
+def init_group(world: World, device: torch.device, timeout_minutes: int) -> None:
+    """Join the process group (env:// rendezvous at MASTER_ADDR:MASTER_PORT): nccl for GPUs, gloo on CPU."""
+    missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
+    if missing:
+        raise ConfigError(f"environment: RANK and WORLD_SIZE are set but {' and '.join(missing)} not; start "
+                          "multi-process runs with torchrun (or unset RANK and WORLD_SIZE)")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    try:
+        dist.init_process_group(backend, rank=world.rank, world_size=world.size,
+                                timeout=timedelta(minutes=timeout_minutes),
+                                device_id=device if device.type == "cuda" else None)
+    except (RuntimeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TrainingError(f"rank {world.rank} could not join the {backend} process group at {where}: {first}") \
+            from None
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------------------------- collectives
+def all_reduce_sum(tensor: torch.Tensor, what: str = "a training step") -> torch.Tensor:
+    _guard(what, lambda: dist.all_reduce(tensor))
+    return tensor
+
+
+def broadcast_object(obj: Any, world: World, what: str = "the start of the run") -> Any:
+    """Rank 0's ``obj`` on every rank (pickled between our own processes only)."""
+    box = [obj if world.is_main else None]
+    _guard(what, lambda: dist.broadcast_object_list(box, src=0))
+    return box[0]
+
+
+def all_gather_object(obj: Any, world: World, what: str = "a checkpoint") -> list[Any]:
+    out: list[Any] = [None] * world.size
+    _guard(what, lambda: dist.all_gather_object(out, obj))
+    return out
+
+
+def all_gather_tensor(tensor: torch.Tensor, world: World, what: str = "a preview") -> list[torch.Tensor]:
+    """Every rank's ``tensor`` (all the same shape), in rank order."""
+    out = [torch.empty_like(tensor) for _ in range(world.size)]
+    _guard(what, lambda: dist.all_gather(out, tensor.contiguous()))
+    return out
+
+
+def barrier(what: str = "the end of the run") -> None:
+    _guard(what, dist.barrier)
+
+
+# ----------------------------------------------------------------------------------------------- consistency
+def digest(tensors: Iterable[torch.Tensor]) -> str:
+    """SHA-256 of the exact bytes of ``tensors``, in order."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_consistency(world: World, parts: dict[str, Iterable[torch.Tensor]]) -> str:
+    """Compare a digest of each part across ranks (EDM2's check_ddp_consistency, exact); returns a log line and
+    raises TrainingError when any part differs."""
+    mine = {name: digest(tensors) for name, tensors in parts.items()}
+    every = all_gather_object(mine, world, "the consistency check")
+    differing = [name for name in mine if len({d[name] for d in every}) > 1]
+    if differing:
+        raise TrainingError(f"DDP consistency check failed: {', '.join(differing)} differ between the "
+                            f"{world.size} processes; this is a bug in iddm, please report it")
+    return (f"ddp check: {' and '.join(mine)} identical on all {world.size} ranks ("
+            + ", ".join(f"{name} sha256 {d[:12]}" for name, d in mine.items()) + ")")
