@@ -48,8 +48,10 @@ class DMTrainer:
         return self.resolved.config
 
     def train(self) -> Any:
-        """Train; returns a TrainResult (run_dir, steps, final_loss, checkpoint, previews)."""
-        from iddm_cli.train.engine import plan_training, train
+        """Train; returns a TrainResult (run_dir, steps, final_loss, checkpoint, previews). With several devices
+        (--devices, or several GPUs) it starts one worker process per device, as the command does."""
+        from iddm_cli.train.launch import Job, execute
+        from iddm_cli.train.reporting import Reporter
 
-        plan = plan_training(self.config)
-        return train(plan, self.reporter, {"api": True, "sources": self.resolved.sources})
+        job = Job("new", config=self.config.to_dict(), provenance={"api": True, "sources": self.resolved.sources})
+        return execute(job, self.reporter or Reporter())

@@ -51,19 +51,25 @@ def explain_table(resolved: Resolved) -> Table:
 
 def run_resume(run_dir: Any, flags: dict[str, Any], start_epoch: int, dry_run: bool | None) -> None:
     """Shared by `iddm resume` and `iddm dm train --resume` (inside report_errors)."""
-    from iddm_cli.cli.progress import RichReporter
-    from iddm_cli.train.engine import train
-    from iddm_cli.train.resume import plan_resume
+    from iddm_cli.train.launch import Job
 
-    plan, state, notes = plan_resume(run_dir, flags, start_epoch)
-    for line in notes + (plan.describe() if dry_run else []):
-        err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+    overrides = {name: value for name, value in flags.items() if value is not None}
+    _execute(Job("resume", run_dir=str(run_dir), overrides=overrides, start_epoch=start_epoch), dry_run)
+
+
+def _execute(job: Any, dry_run: bool | None) -> None:
+    from iddm_cli.cli.progress import RichReporter  # torch is imported from here on
+    from iddm_cli.train.launch import execute
+
+    result = execute(job, RichReporter(err_console), bool(dry_run))
     if dry_run:
         err_console.print("dry run: nothing was written")
+    if result is None:  # a dry run, or a rank other than 0 of a torchrun launch
         return
-    result = train(plan, RichReporter(err_console), state=state)
     err_console.print(f"done: {result.steps} steps, final loss {result.final_loss:.4f}", markup=False)
     err_console.print(f"run directory: {result.run_dir}", markup=False, highlight=False)
+    if result.previews:
+        err_console.print(f"samples: {result.previews[-1]}", markup=False, highlight=False)
 
 
 def resume_command(*, flags: dict[str, Any], run_dir: str, dry_run: bool | None, debug: bool | None) -> None:
@@ -94,26 +100,16 @@ def train_command(*, flags: dict[str, Any], profile: str | None, set_: list[str]
             return
         check_runnable(resolved)
 
-        from iddm_cli.cli.progress import RichReporter  # torch is imported from here on
-        from iddm_cli.train.engine import plan_training, train
-
         c = resolved.config
         if c.train.resume:  # IDDM's --resume: the run result_path/run_name continues where it stopped
             from pathlib import Path
 
             run_resume(Path(c.train.result_path) / c.train.run_name, flags, c.train.start_epoch, dry_run)
             return
-        plan = plan_training(c)
-        if dry_run:
-            for line in plan.describe():
-                err_console.print(line, markup=False, highlight=False, soft_wrap=True)
-            err_console.print("dry run: nothing was written")
-            return
-        result = train(plan, RichReporter(err_console), {"profile": profile, "sources": resolved.sources})
-        err_console.print(f"done: {result.steps} steps, final loss {result.final_loss:.4f}", markup=False)
-        err_console.print(f"run directory: {result.run_dir}", markup=False, highlight=False)
-        if result.previews:
-            err_console.print(f"samples: {result.previews[-1]}", markup=False, highlight=False)
+        from iddm_cli.train.launch import Job
+
+        _execute(Job("new", config=c.to_dict(),
+                     provenance={"argv": sys.argv, "profile": profile, "sources": resolved.sources}), dry_run)
 
     report_errors(run, debug)
 

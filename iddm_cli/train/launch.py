@@ -1,0 +1,201 @@
+"""Starting training: in this process, in one worker process per device that iddm starts itself, or as one rank
+of a group that torchrun (or a Slurm wrapper) started.
+
+:func:`execute` is the one entry point of the CLI and the Python API:
+
+- under a launcher (RANK and WORLD_SIZE set) this process joins the group and trains as its rank;
+- otherwise it plans the run here (so every user error appears before any process starts), then trains in this
+  process when the layout has one process, or starts one worker per device (``python -m iddm_cli.train.worker``)
+  with a rendezvous port chosen once here on 127.0.0.1 (MASTER_ADDR and MASTER_PORT override it) and supervises
+  them: a signal is passed on to every worker (a second one kills them), and when one worker fails the others are
+  stopped and its error is raised here with its exit code.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from iddm_cli.config import config_from_dict
+from iddm_cli.errors import ExitCode, IddmError
+from iddm_cli.train.devices import Layout
+from iddm_cli.train.distributed import World, world_from_env
+from iddm_cli.train.engine import TrainResult, plan_training, train
+from iddm_cli.train.plan import Plan
+from iddm_cli.train.reporting import Reporter
+from iddm_cli.train.resume import plan_resume
+
+GRACE_S = 5.0  # after one worker fails, how long the others get to exit by themselves before they are killed
+
+
+@dataclass
+class Job:
+    """What the training processes are asked to do, as plain data (it travels to the workers as JSON)."""
+
+    kind: str  # "new" | "resume"
+    config: dict[str, Any] | None = None  # new: the resolved config
+    run_dir: str | None = None  # resume: the run to continue
+    overrides: dict[str, Any] = field(default_factory=dict)  # resume: flag values given with it
+    start_epoch: int = -1  # resume: -1 = the newest state
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+class WorkerFailed(IddmError):
+    """A worker process failed (or all were interrupted): its own error, with its exit code."""
+
+    def __init__(self, exit_code: int, *problems: str):
+        self.exit_code = exit_code  # type: ignore[assignment]
+        super().__init__(*problems)
+
+
+def prepare(job: Job, world: World | None = None) -> tuple[Plan, dict[str, Any] | None, list[str]]:
+    """(plan, training state or None, notes): everything checked, nothing written."""
+    if job.kind == "resume":
+        assert job.run_dir is not None
+        return plan_resume(job.run_dir, job.overrides, job.start_epoch, world)
+    assert job.config is not None
+    return plan_training(config_from_dict(job.config, "the resolved configuration"), world=world), None, []
+
+
+def execute(job: Job, reporter: Reporter, dry_run: bool = False) -> TrainResult | None:
+    """Train as ``job`` says, in whichever way the environment and the device layout call for."""
+    world = world_from_env()
+    if world is not None and not dry_run:
+        from iddm_cli.train.worker import run_worker
+
+        return run_worker(job, world, reporter)
+    plan, state, notes = prepare(job)
+    quiet = world is not None and not world.is_main
+    for line in notes + (plan.describe() if dry_run else []):
+        if not quiet:
+            reporter.info(line)
+    if dry_run:
+        return None
+    if plan.world_size == 1:
+        return train(plan, reporter, job.provenance, state)
+    layout = plan.layout
+    del plan, state  # the workers build their own; this process only supervises
+    return launch(job, layout, reporter)
+
+
+# ----------------------------------------------------------------------------------------------- self-launch
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on now; chosen once, here, and handed to every worker."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """Linux: a worker whose launcher is killed gets SIGTERM, so it saves and stops instead of running orphaned."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def worker_env(rank: int, n: int, layout: Layout, addr: str, port: int, folder: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(n), LOCAL_WORLD_SIZE=str(n),
+               MASTER_ADDR=addr, MASTER_PORT=str(port), IDDM_LAUNCHED="1",
+               IDDM_ERROR_FILE=str(folder / f"error-{rank}.json"), IDDM_RESULT_FILE=str(folder / "result.json"))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, cpus // n)))  # n processes share the cores, as torchrun does
+    if layout.kind == "cpu" and addr in ("127.0.0.1", "localhost"):
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo's hostname-based interface choice is unreliable
+    return env
+
+
+def launch(job: Job, layout: Layout, reporter: Reporter) -> TrainResult:
+    """Start ``layout.nproc`` workers on this machine, supervise them, and return rank 0's result."""
+    n = layout.nproc
+    addr = os.environ.get("MASTER_ADDR") or "127.0.0.1"
+    port = int(os.environ.get("MASTER_PORT") or free_port(addr))
+    reporter.info(f"starting {n} worker processes ({layout.backend}, rendezvous {addr}:{port}); "
+                  "for several machines start iddm with torchrun (see README)")
+    with tempfile.TemporaryDirectory(prefix="iddm-launch-") as tmp:
+        folder = Path(tmp)
+        (folder / "job.json").write_text(json.dumps(asdict(job)), encoding="utf-8")
+        cmd = [sys.executable, "-m", "iddm_cli.train.worker", str(folder / "job.json")]
+        procs = [subprocess.Popen(cmd, env=worker_env(r, n, layout, addr, port, folder),
+                                  preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                 for r in range(n)]
+        exits, signals = _supervise(procs)
+        if len(signals) > 1:
+            raise WorkerFailed(ExitCode.INTERRUPTED if signals[0] == signal.SIGINT else ExitCode.TERMINATED,
+                               f"stopped at once by a second {signal.Signals(signals[1]).name}; the last complete "
+                               f"checkpoint is kept (iddm resume RUN_DIR continues from it)")
+        _raise_for(exits, folder)
+        result = json.loads((folder / "result.json").read_text(encoding="utf-8"))
+    return TrainResult(Path(result["run_dir"]), result["steps"], result["final_loss"], Path(result["checkpoint"]),
+                       [Path(p) for p in result["previews"]], result["skipped_steps"])
+
+
+def _supervise(procs: list[subprocess.Popen]) -> tuple[list[tuple[float, int, int]], list[int]]:
+    """Wait for every worker; pass signals on; after a failure give the rest GRACE_S, then kill them.
+    Returns ((time, rank, exit code) in the order the workers ended, the signals received)."""
+    received: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        received.append(signum)
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum if len(received) == 1 else signal.SIGKILL)
+
+    restore = {}
+    if threading.current_thread() is threading.main_thread():
+        restore = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    exits: list[tuple[float, int, int]] = []
+    failed_at: float | None = None
+    try:
+        while len(exits) < len(procs):
+            for rank, p in enumerate(procs):
+                if all(r != rank for _, r, _ in exits) and (code := p.poll()) is not None:
+                    exits.append((time.time(), rank, code))
+                    if code not in (0, ExitCode.INTERRUPTED, ExitCode.TERMINATED) and failed_at is None:
+                        failed_at = time.monotonic()
+            if failed_at is not None and time.monotonic() - failed_at > GRACE_S:
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()  # blocked in a collective, SIGTERM would not reach it
+            time.sleep(0.05)
+    finally:
+        for sig, handler in restore.items():
+            signal.signal(sig, handler)
+    return exits, received
+
+
+def _raise_for(exits: list[tuple[float, int, int]], folder: Path) -> None:
+    """Raise the error that explains the ending: the first failing worker's own, not its peers' lost contact."""
+    errors = {}
+    for rank in range(len(exits)):
+        path = folder / f"error-{rank}.json"
+        if path.exists():
+            errors[rank] = json.loads(path.read_text(encoding="utf-8"))
+    failures = [(t, r, c) for t, r, c in exits if c != 0]
+    if not failures:
+        return
+    real = [(errors[r]["time"] if r in errors else t, r, c) for t, r, c in failures
+            if not errors.get(r, {}).get("peer_lost")]
+    _, rank, code = min(real or failures, key=lambda x: (x[0], x[1]))
+    if code in (ExitCode.INTERRUPTED, ExitCode.TERMINATED) and 0 in errors:
+        raise WorkerFailed(code, *errors[0]["problems"])  # interrupted: rank 0 saved and says how to resume
+    if rank in errors:
+        problems = errors[rank]["problems"]
+        prefix = "" if errors[rank].get("all_ranks") else f"rank {rank}: "
+        raise WorkerFailed(errors[rank]["code"], *(prefix + p for p in problems),
+                           "the other worker processes were stopped" if len(exits) > 1 else "")
+    how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+    hint = " (out of memory?)" if code == -signal.SIGKILL else ""
+    raise WorkerFailed(ExitCode.FAILURE, f"rank {rank} {how}{hint}; the other worker processes were stopped")

@@ -1,0 +1,139 @@
+"""One rank of a multi-process run: join the group, let rank 0 plan, share its plan, train.
+
+``python -m iddm_cli.train.worker JOB.json`` is what iddm's own launcher starts; under torchrun the ``iddm`` command
+itself calls :func:`run_worker`. Rank 0 alone reads the dataset listing, the run directory and any checkpoint, and
+broadcasts them, so every rank indexes the same files and the other ranks need no access to the run directory (on
+other nodes it may not exist).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from iddm_cli.config import FIELDS, Config, config_from_dict
+from iddm_cli.config.loader import coerce
+from iddm_cli.config.schema import DeviceConfig
+from iddm_cli.errors import ExitCode, IddmError
+from iddm_cli.train import distributed as dist
+from iddm_cli.train.devices import plan_layout
+from iddm_cli.train.distributed import PeerLost, World, world_from_env
+from iddm_cli.train.engine import TrainResult, create_run_dir, plan_training, train
+from iddm_cli.train.launch import Job, prepare
+from iddm_cli.train.reporting import Reporter, SilentReporter
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class FailedOnRankZero(IddmError):
+    """What the other ranks raise when rank 0 could not plan the run; rank 0 reports the reason."""
+
+
+def _device_settings(job: Job) -> Config:
+    """The settings that pick this rank's device, known before the group exists: the job's config, or for a
+    resume the run's config.toml where this machine can read it (other nodes fall back to auto)."""
+    if job.config is not None:
+        return config_from_dict(job.config, "the resolved configuration")
+    config = Config()
+    toml = Path(job.run_dir or "").expanduser() / "config.toml"
+    if toml.is_file():
+        config = config_from_dict(tomllib.loads(toml.read_text(encoding="utf-8")), str(toml))
+    for name in DeviceConfig.__dataclass_fields__:
+        if job.overrides.get(name) is None:
+            continue
+        value, expected = coerce(FIELDS[name], job.overrides[name])
+        if expected is None:
+            setattr(config.device, name, value)
+    return config
+
+
+def run_worker(job: Job, world: World, reporter: Reporter) -> TrainResult | None:
+    """Train as rank ``world.rank``; returns the result on rank 0."""
+    config = _device_settings(job)
+    device = plan_layout(config, world).device(world)
+    dist.init_group(world, device, config.device.dist_timeout)
+    try:
+        shared: Any = None
+        if world.is_main:
+            try:
+                plan, state, notes = prepare(job, world)
+                if state is None:
+                    create_run_dir(plan)
+                if not os.environ.get("IDDM_LAUNCHED"):  # iddm's launcher printed them already
+                    for line in notes:
+                        reporter.info(line)
+                shared = (plan.config.to_dict(), plan.data, str(plan.run_dir), state)
+            except IddmError as err:
+                dist.broadcast_object(("failed", list(err.problems)), world)
+                raise
+        shared = dist.broadcast_object(shared, world)
+        if not world.is_main:
+            if shared[0] == "failed":
+                raise FailedOnRankZero(*shared[1], all_ranks=True)
+            config_dict, data, run_dir, state = shared
+            plan = plan_training(config_from_dict(config_dict, "rank 0's configuration"), Path(run_dir), world, data)
+            reporter = SilentReporter()
+        try:
+            result = train(plan, reporter, job.provenance, state, world)
+        except RuntimeError as err:  # DDP's own all-reduce (in backward) meets a dead peer
+            if world.size > 1 and dist.is_comm_failure(err):
+                raise dist.peer_lost(err, "a training step") from err
+            raise
+        return result if world.is_main else None
+    finally:
+        dist.shutdown()
+
+
+def _write(path: str | None, record: dict[str, Any]) -> None:
+    if path:
+        tmp = Path(f"{path}.tmp")
+        tmp.write_text(json.dumps(record), encoding="utf-8")
+        tmp.replace(path)
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of a worker started by :func:`iddm_cli.train.launch.launch`; the launcher reports errors."""
+    world = world_from_env()
+    error_file = os.environ.get("IDDM_ERROR_FILE")
+    try:
+        if world is None or len(argv) != 1:
+            raise IddmError("iddm_cli.train.worker is started by iddm itself (iddm dm train --devices N)")
+        job = Job(**json.loads(Path(argv[0]).read_text(encoding="utf-8")))
+        reporter: Reporter = SilentReporter()
+        if world.is_main:
+            from iddm_cli.cli.common import err_console
+            from iddm_cli.cli.progress import RichReporter
+
+            reporter = RichReporter(err_console)
+        result = run_worker(job, world, reporter)
+        if result is not None:
+            _write(os.environ.get("IDDM_RESULT_FILE"), {
+                "run_dir": str(result.run_dir), "steps": result.steps, "final_loss": result.final_loss,
+                "checkpoint": str(result.checkpoint), "previews": [str(p) for p in result.previews],
+                "skipped_steps": result.skipped_steps})
+        return 0
+    except IddmError as err:
+        _write(error_file, {"rank": world.rank if world else -1, "code": int(err.exit_code), "time": time.time(),
+                            "problems": err.problems, "peer_lost": isinstance(err, (PeerLost, FailedOnRankZero)),
+                            "all_ranks": err.all_ranks})
+        if not error_file:
+            print("\n".join(f"error: {p}" for p in err.problems), file=sys.stderr)
+        return int(err.exit_code)
+    except BaseException as err:  # a bug: keep the traceback, and tell the launcher which rank failed
+        traceback.print_exc()
+        _write(error_file, {"rank": world.rank if world else -1, "code": int(ExitCode.FAILURE), "time": time.time(),
+                            "problems": [f"{type(err).__name__}: {err} (a bug in iddm; the traceback is above)"],
+                            "peer_lost": False, "all_ranks": False})
+        return int(ExitCode.FAILURE)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
