@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# GPU check: a smoke test (train, resume, sample), the NCCL path torchrun takes, DDP over every visible GPU when there
+# are several, and the training-throughput benchmark (fp32 vs bf16, channels_last, torch.compile) on one GPU.
+#
+#     bash benchmarks/gpu_check.sh              # run folders go to $RUNS (default: a new temporary folder)
+#
+# Prints figures and exits non-zero if any step failed. Nothing here is needed to build or test iddm.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+RUNS="${RUNS:-$(mktemp -d)}"
+GPUS=$(python -c "import torch; print(torch.cuda.device_count())")
+failed=0
+step() { printf '\n== %s\n' "$*"; }
+run() {
+  local t0=$SECONDS
+  "$@" || { echo "FAILED (exit $?): $*"; failed=1; }
+  echo "-- $((SECONDS - t0)) s"
+}
+speed() { grep -o '[0-9.]* img/s' "$1/train.log" | tail -n 3 | tr '\n' ' '; echo; }
+
+step "devices"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpus', torch.cuda.device_count())"
+
+step "smoke: the demo profile for 3 epochs on one GPU with --amp, interrupted by nothing; then resume +1, sample"
+run iddm dm train --profile demo --epochs 3 --devices 1 --amp --result-path "$RUNS" --run-name smoke --log-every 38
+speed "$RUNS/smoke"
+run iddm resume "$RUNS/smoke" --epochs 4
+run iddm sample "$RUNS/smoke" --sampler dpmpp2m --num 8 --out "$RUNS/smoke-samples"
+
+step "torchrun, one process: the NCCL process-group path that multi-node runs take"
+run python -m torch.distributed.run --standalone --nproc-per-node 1 --no-python iddm dm train --profile demo --epochs 2 --amp \
+  --result-path "$RUNS" --run-name torchrun1 --log-every 38
+grep "ddp check" "$RUNS/torchrun1/train.log"
+
+if [ "$GPUS" -gt 1 ]; then
+  step "DDP over $GPUS GPUs (self-launched), demo profile, 3 epochs"
+  run iddm dm train --profile demo --epochs 3 --amp --result-path "$RUNS" --run-name ddp --log-every 19
+  speed "$RUNS/ddp"
+  grep "ddp check" "$RUNS/ddp/train.log"
+fi
+
+step "throughput: unet base 64, 64x64, batch 32, one GPU"
+run python benchmarks/train_throughput.py --image-size 64 --batch-size 32 --steps 20 --warmup 5
+run python benchmarks/train_throughput.py --image-size 64 --batch-size 32 --steps 20 --warmup 5 --channels-last
+run python benchmarks/train_throughput.py --image-size 64 --batch-size 32 --steps 20 --warmup 5 --compile \
+  --precisions amp
+run python benchmarks/train_throughput.py --image-size 64 --batch-size 32 --steps 20 --warmup 5 --compile \
+  --channels-last --precisions amp
+exit $failed
