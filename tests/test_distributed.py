@@ -49,7 +49,8 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 # ----------------------------------------------------------------------------------------------- real runs
 def test_two_processes_self_launched_and_under_torchrun_train_the_same_run(tmp_path):
-    data = make_dataset(tmp_path / "d", ["a", "b", "c"], per_class=7)  # 21 images: the shards need padding
+    data = make_dataset(tmp_path / "d", ["a", "b", "c"], per_class=7)  # 22 files: the shards need padding
+    (data / "b" / "cut.jpg").write_bytes(truncated_jpeg())  # fails to decode: replaced, on whichever rank reads it
     common = ["dm", "train", "--dataset-path", data, "--result-path", tmp_path / "out", *TINY_DDP, "--epochs", "2",
               "--vis", "--num-vis", "3", "--vis-steps", "3"]
     result = iddm(*common, "--nproc", "2", "--run-name", "self")
@@ -62,8 +63,9 @@ def test_two_processes_self_launched_and_under_torchrun_train_the_same_run(tmp_p
     checks = re.findall(r"ddp check: parameters and EMA identical on all 2 ranks", log)
     assert len(checks) == 2  # after the start and at the end; a difference would have failed the run
     assert len(list((run / "tensorboard").iterdir())) == 1
+    assert re.search(r"skipped a file that failed to decode.*cut\.jpg", log)
     steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in steps if r["event"] == "train"] == list(range(1, 7))  # ceil(ceil(21 / 2) / 4) x 2
+    assert [r["step"] for r in steps if r["event"] == "train"] == list(range(1, 7))  # ceil(ceil(22 / 2) / 4) x 2
     progress = load_checkpoint(run / "ckpt_last.pt")["progress"]
     assert (progress["epoch"], progress["step"], progress["world_size"]) == (2, 6, 2)
     assert sorted(p.name for p in (run / "vis").iterdir()) == ["ema_001.png", "ema_002.png"]
@@ -157,6 +159,36 @@ def test_ddp_resume_is_exact_and_may_change_the_number_of_processes(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- pieces
+def test_pretrained_weights_reach_every_rank(tmp_path):
+    from iddm_cli.train.distributed import digest
+
+    data = make_dataset(tmp_path / "d", ["a", "b"], per_class=4)
+    first = DMTrainer(dataset_path=str(data), result_path=str(tmp_path), run_name="first", reporter=SilentReporter(),
+                      image_size=8, base_channels=4, noise_steps=20, epochs=1, batch_size=4).train()
+    result = iddm("dm", "train", "--dataset-path", data, "--result-path", tmp_path, *TINY_DDP, "--epochs", "1",
+                  "--nproc", "2", "--pretrain", "--pretrain-path", first.checkpoint, "--run-name", "tuned")
+    assert result.returncode == 0, result.stderr
+    log = (tmp_path / "tuned" / "train.log").read_text()
+    start = re.search(r"ddp check: parameters and EMA identical on all 2 ranks \(parameters sha256 (\w+)", log)
+    ema = load_checkpoint(first.checkpoint)["ema"]  # rank 0 loaded these; rank 1 had its own initial weights
+    assert start and start.group(1) == digest(ema.values())[:12]
+
+
+def test_a_file_that_fails_to_decode_is_replaced_by_the_next_image(tmp_path):
+    from iddm_cli.data.folder import ImageFolderDataset, collate, scan_dataset
+
+    data = make_dataset(tmp_path / "d", ["a", "b"], per_class=2)
+    (data / "a" / "cut.jpg").write_bytes(truncated_jpeg())  # the last file of class a; the header reads
+    info = scan_dataset(str(data), "auto", 0, False)
+    bad = [i for i, (path, _) in enumerate(info.samples) if path.name == "cut.jpg"][0]
+    ds = ImageFolderDataset(info, "resize", (8, 8), seed=0)  # resize only: no random part
+    x, label, failed = ds[(0, bad)]
+    assert failed == [str(info.samples[bad][0])]
+    assert label == info.samples[bad + 1][1] == 1 and torch.equal(x, ds[(0, bad + 1)][0])  # class b's first image
+    batch, labels, failed = collate([ds[(0, i)] for i in range(len(ds))])
+    assert batch.shape == (5, 3, 8, 8) and len(labels) == 5 and len(failed) == 1  # the batch keeps its size
+
+
 def test_dry_run_plans_several_processes_without_starting_them(invoke, cond_data, tmp_path):
     result = invoke("dm", "train", "--dataset-path", cond_data, "--result-path", tmp_path, *TINY_DDP, "--epochs",
                     "1", "--nproc", "3", "--dry-run")
@@ -218,6 +250,7 @@ def test_world_from_env_and_device_layouts(monkeypatch):
         with pytest.raises(ConfigError, match=re.escape(message)):
             layout(gpus, **flags)
     assert layout(4, World(0, 0, 2, 2, True))[:2] == ("cuda", 2)
+    assert layout(1, World(3, 3, 8, 8, True)) == ("cuda", 8, 0)  # Slurm binds one GPU to each task
     assert devices.Layout("cuda", 2, None).device(World(1, 1, 2, 2, True)) == torch.device("cuda", 1)
 
 
@@ -235,10 +268,27 @@ def test_the_launcher_reports_the_first_real_failure(tmp_path):
         _raise_for([(100.2, 0, 1), (100.6, 1, 3), (105.0, 2, -9)], tmp_path)
     assert err.value.exit_code == 3 and err.value.problems[0] == "rank 1: cannot decode x.png"
     _raise_for([(1.0, 0, 0), (1.0, 1, 0)], tmp_path)  # all succeeded: nothing to raise
+    error(0, 2, 200.0, "cannot write ckpt_last.pt")  # rank 0's own failure while the others were interrupted
+    error(1, 130, 199.0, "interrupted by SIGINT")
+    with pytest.raises(WorkerFailed) as err:
+        _raise_for([(199.1, 1, 130), (200.1, 0, 2)], tmp_path)
+    assert err.value.exit_code == 2 and "cannot write ckpt_last.pt" in err.value.problems[0]
     for f in tmp_path.iterdir():
         f.unlink()
     with pytest.raises(WorkerFailed, match="rank 1 was killed by SIGKILL"):
         _raise_for([(1.0, 1, -9), (2.0, 0, -9)], tmp_path)
+
+
+def test_a_signal_before_training_ends_a_worker_quietly(tmp_path, monkeypatch):
+    from iddm_cli.train.worker import main
+
+    for name, value in {"RANK": "1", "WORLD_SIZE": "2", "IDDM_ERROR_FILE": str(tmp_path / "e.json")}.items():
+        monkeypatch.setenv(name, value)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main([str(tmp_path / "job.json")], early_signals=[signal.SIGTERM]) == 143  # caught while importing torch
+    record = json.loads((tmp_path / "e.json").read_text())
+    assert record["code"] == 143 and record["problems"][0].startswith("stopped by SIGTERM while starting")
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_rank_prefix_under_torchrun(invoke, monkeypatch):

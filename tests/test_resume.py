@@ -80,7 +80,8 @@ def test_resume_refuses_changes_to_the_computation_and_extends_epochs(tmp_path, 
     text = " ".join(result.output.split())
     assert "--lr: optim.lr cannot change when resuming" in text and "--base-channels" in text
     result = invoke("resume", run)
-    assert result.exit_code == 2 and "has finished all 1 epochs" in " ".join(result.output.split())
+    assert result.exit_code == 2 and "is the state after 1 epochs, and the run has train.epochs = 1: nothing is left" \
+        in " ".join(result.output.split())
     # IDDM's spelling, repeating unchanged flags, extending the run
     result = invoke("dm", "train", "--resume", "--run_name", "df", "--result_path", tmp_path, "--image_size", "8",
                     "--epochs", "2")

@@ -10,7 +10,6 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torchvision.transforms.functional as TF
@@ -185,31 +184,49 @@ class ImageFolderDataset(Dataset):
         h, w = size
         self.cache_enabled = len(self.samples) * int(h * 1.25) * int(w * 1.25) * self.channels < CACHE_LIMIT_BYTES
         self.cache: dict[int, Image.Image] = {}
+        self.failed: set[int] = set()  # indices that failed to decode in this process
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int] | tuple[None, str]:
-        """(image, label), or (None, path) when the file fails to decode (dropped by :func:`collate`).
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, list[str]]:
+        """(image, label, paths that failed to decode on the way). A file that fails to decode is replaced by the
+        next one that does (index + 1, + 2, ...), so a batch never shrinks: under DDP every rank must take every
+        step. With ``strict`` the failure is a DataError instead.
 
         ``key`` is an index or (epoch, index): the augmentation of a sample then depends only on (seed, epoch,
         index), not on the worker that loads it or on where in the epoch a resumed run starts."""
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        path, label = self.samples[index]
+        bad: list[str] = []
+        for i in (j % len(self.samples) for j in range(index, index + len(self.samples))):
+            img = self._decoded(i)
+            if img is not None:
+                break
+            bad.append(str(self.samples[i][0]))
+        else:
+            raise DataError(f"no image of the dataset decodes (first: {bad[0]}); `iddm dataset check` lists them")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+            x = TF.to_tensor(self.rand(img))  # (C, H, W) in [0, 1]
+        return x * 2 - 1, self.samples[i][1], bad
+
+    def _decoded(self, index: int) -> Image.Image | None:
+        """The resized image, from the RAM cache when it fits; None for a file that fails to decode."""
+        if index in self.failed:
+            return None
         img = self.cache.get(index)
         if img is None:
+            path = self.samples[index][0]
             try:
                 img = self.pre(load_image(path, self.channels))
             except (OSError, ValueError, SyntaxError) as err:
                 if self.strict:
                     raise DataError(f"cannot decode {path}: {err} (--strict-data)") from None
-                return None, str(path)
+                self.failed.add(index)
+                return None
             if self.cache_enabled:
                 self.cache[index] = img
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
-            x = TF.to_tensor(self.rand(img))  # (C, H, W) in [0, 1]
-        return x * 2 - 1, label
+        return img
 
 
 class EpochSampler(Sampler):
@@ -240,10 +257,7 @@ class EpochSampler(Sampler):
         return max(0, self.per_rank - self.start)
 
 
-def collate(items: list[tuple[Any, Any]]) -> tuple[torch.Tensor | None, torch.Tensor | None, list[str]]:
-    """Stack the good samples; return the paths of the ones that failed to decode alongside."""
-    good = [(x, y) for x, y in items if x is not None]
-    bad = [y for x, y in items if x is None]
-    if not good:
-        return None, None, bad
-    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), bad
+def collate(items: list[tuple[torch.Tensor, int, list[str]]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Stack a batch; the paths that failed to decode (and were replaced) come alongside."""
+    return (torch.stack([x for x, _, _ in items]), torch.tensor([y for _, y, _ in items]),
+            [path for _, _, bad in items for path in bad])

@@ -36,7 +36,7 @@ class Layout:
         """This process's device: a launched worker takes the GPU of its local rank."""
         if self.kind == "cpu":
             return torch.device("cpu")
-        if world is not None and world.launched:
+        if world is not None and world.launched and self.index is None:
             return torch.device("cuda", world.local_rank)
         return torch.device("cuda", self.index or 0)
 
@@ -83,6 +83,8 @@ def plan_layout(config: Config, world: World | None = None) -> Layout:
     if world is not None and world.launched:
         if count not in ("all", world.size):
             notes.append(f"note: --devices {count} is ignored: the launcher started {world.size} processes")
+        if kind == "cuda" and gpus == 1:  # Slurm's --gpus-per-task / --gpu-bind: each process sees its own GPU
+            return Layout(kind, world.local_size, 0, tuple(notes))
         if kind == "cuda" and world.local_rank >= gpus:
             raise ConfigError(f"LOCAL_RANK={world.local_rank}, but this machine shows {gpus} GPU(s); start at most "
                               f"{gpus} processes per node (torchrun --nproc-per-node {gpus})")

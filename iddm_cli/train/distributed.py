@@ -21,6 +21,7 @@ import torch.distributed as dist
 from iddm_cli.errors import ConfigError, TrainingError
 
 T = TypeVar("T")
+_OBJECT_GROUP: Any = None  # a gloo group for object collectives when the main group is NCCL
 
 
 @dataclass(frozen=True)
@@ -76,12 +77,15 @@ def peer_lost(err: BaseException, what: str) -> PeerLost:
 def _guard(what: str, fn: Callable[[], T]) -> T:
     try:
         return fn()
-    except (RuntimeError, ValueError) as err:  # dist.DistError is a RuntimeError
-        raise peer_lost(err, what) from err
+    except RuntimeError as err:  # dist.DistError is a RuntimeError; anything else (CUDA OOM, say) stays itself
+        if is_comm_failure(err):
+            raise peer_lost(err, what) from err
+        raise
 
 
 def init_group(world: World, device: torch.device, timeout_minutes: int) -> None:
     """Join the process group (env:// rendezvous at MASTER_ADDR:MASTER_PORT): nccl for GPUs, gloo on CPU."""
+    global _OBJECT_GROUP
     missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
     if missing:
         raise ConfigError(f"environment: RANK and WORLD_SIZE are set but {' and '.join(missing)} not; start "
@@ -98,11 +102,17 @@ def init_group(world: World, device: torch.device, timeout_minutes: int) -> None
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise TrainingError(f"rank {world.rank} could not join the {backend} process group at {where}: {first}") \
             from None
+    # Pickled objects (rank 0's plan and checkpoint, skipped-file lists) travel over gloo on the CPU: through NCCL
+    # they would be copied into GPU memory on every rank.
+    _OBJECT_GROUP = _guard("the start of the run", lambda: dist.new_group(backend="gloo")) \
+        if backend == "nccl" else None
 
 
 def shutdown() -> None:
+    global _OBJECT_GROUP
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _OBJECT_GROUP = None
 
 
 # ----------------------------------------------------------------------------------------------- collectives
@@ -114,13 +124,13 @@ def all_reduce_sum(tensor: torch.Tensor, what: str = "a training step") -> torch
 def broadcast_object(obj: Any, world: World, what: str = "the start of the run") -> Any:
     """Rank 0's ``obj`` on every rank (pickled between our own processes only)."""
     box = [obj if world.is_main else None]
-    _guard(what, lambda: dist.broadcast_object_list(box, src=0))
+    _guard(what, lambda: dist.broadcast_object_list(box, src=0, group=_OBJECT_GROUP))
     return box[0]
 
 
 def all_gather_object(obj: Any, world: World, what: str = "a checkpoint") -> list[Any]:
     out: list[Any] = [None] * world.size
-    _guard(what, lambda: dist.all_gather_object(out, obj))
+    _guard(what, lambda: dist.all_gather_object(out, obj, group=_OBJECT_GROUP))
     return out
 
 
@@ -131,8 +141,10 @@ def all_gather_tensor(tensor: torch.Tensor, world: World, what: str = "a preview
     return out
 
 
-def barrier(what: str = "the end of the run") -> None:
-    _guard(what, dist.barrier)
+def broadcast_tensors(tensors: Iterable[torch.Tensor], what: str = "loading the pretrained weights") -> None:
+    """Overwrite each tensor with rank 0's, in place (on the tensors' own device)."""
+    for t in tensors:
+        _guard(what, lambda t=t: dist.broadcast(t, src=0))
 
 
 # ----------------------------------------------------------------------------------------------- consistency

@@ -94,7 +94,7 @@ class _Session:
         self.nonfinite_run = 0  # consecutive non-finite steps
         self.stop_signal: int | None = None  # set by the SIGINT/SIGTERM handler
         self.agreed_stop: int | None = None  # the signal every rank acts on, agreed after each step
-        self.bad_files: set[str] = set()  # files that failed to decode; skipped, never a crash
+        self.bad_files: set[str] = set()  # files that failed to decode; replaced, never a crash
         self.previews: list[Path] = []
 
     # one optimizer step ------------------------------------------------------------------------------------
@@ -191,9 +191,8 @@ class _Session:
             for path in sorted(set(bad) - self.bad_files):
                 self.bad_files.add(path)
                 self.logger.log(f"skipped a file that failed to decode: {path}")
-                self.reporter.info(f"warning: skipped a file that failed to decode: {path}")
-            if x0 is None:
-                continue
+                self.reporter.info(f"warning: skipped a file that failed to decode (the next image took its "
+                                   f"place): {path}")
             out = self.train_step(x0, y, epoch * spe + i)
             images += x0.shape[0]
             if out is not None:
@@ -209,7 +208,7 @@ class _Session:
             if self.agreed_stop is not None and i + 1 < spe:  # Ctrl-C or SIGTERM: save and leave mid-epoch
                 self.save(epoch, position=i + 1)
                 raise Interrupted(self.agreed_stop, self.plan.run_dir)
-        return sum(epoch_losses) / max(len(epoch_losses), 1)
+        return sum(epoch_losses) / len(epoch_losses) if epoch_losses else float("nan")
 
     def _log_status(self, epoch: int, done: int, window: list[float], last: Any, ips: float) -> None:
         c = self.c
@@ -395,11 +394,14 @@ def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, An
                                             f"(step {session.step})"]):
                 logger.log(line)
                 reporter.info(line)
-        elif c.train.pretrain:
+        elif c.train.pretrain:  # rank 0 reads the file (other nodes may not have it) and sends the weights
             path = Path(c.train.pretrain_path).expanduser()
-            for note in ckpt.load_pretrained(session.model, ckpt.load_checkpoint(path), path):
-                logger.log(note)
-                reporter.info(note)
+            if world.is_main:
+                for note in ckpt.load_pretrained(session.model, ckpt.load_checkpoint(path), path):
+                    logger.log(note)
+                    reporter.info(note)
+            if world.launched:
+                dist.broadcast_tensors(session.model.state_dict().values())
             session.ema = EMA(session.model, c.optim.ema_decay)
         if world.launched:
             logger.log(dist.check_consistency(world, _weights(session)))

@@ -5,7 +5,7 @@ of a group that torchrun (or a Slurm wrapper) started.
 
 - under a launcher (RANK and WORLD_SIZE set) this process joins the group and trains as its rank;
 - otherwise it plans the run here (so every user error appears before any process starts), then trains in this
-  process when the layout has one process, or starts one worker per device (``python -m iddm_cli.train.worker``)
+  process when the layout has one process, or starts one worker per device (``python -m iddm_cli.train.worker_entry``)
   with a rendezvous port chosen once here on 127.0.0.1 (MASTER_ADDR and MASTER_PORT override it) and supervises
   them: a signal is passed on to every worker (a second one kills them), and when one worker fails the others are
   stopped and its error is raised here with its exit code.
@@ -13,7 +13,6 @@ of a group that torchrun (or a Slurm wrapper) started.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -97,18 +96,10 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    """Linux: a worker whose launcher is killed gets SIGTERM, so it saves and stops instead of running orphaned."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 def worker_env(rank: int, n: int, layout: Layout, addr: str, port: int, folder: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(n), LOCAL_WORLD_SIZE=str(n),
-               MASTER_ADDR=addr, MASTER_PORT=str(port), IDDM_LAUNCHED="1",
+               MASTER_ADDR=addr, MASTER_PORT=str(port), IDDM_LAUNCHED="1", IDDM_LAUNCHER_PID=str(os.getpid()),
                IDDM_ERROR_FILE=str(folder / f"error-{rank}.json"), IDDM_RESULT_FILE=str(folder / "result.json"))
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     env.setdefault("OMP_NUM_THREADS", str(max(1, cpus // n)))  # n processes share the cores, as torchrun does
@@ -127,12 +118,10 @@ def launch(job: Job, layout: Layout, reporter: Reporter) -> TrainResult:
     with tempfile.TemporaryDirectory(prefix="iddm-launch-") as tmp:
         folder = Path(tmp)
         (folder / "job.json").write_text(json.dumps(asdict(job)), encoding="utf-8")
-        cmd = [sys.executable, "-m", "iddm_cli.train.worker", str(folder / "job.json")]
-        procs = [subprocess.Popen(cmd, env=worker_env(r, n, layout, addr, port, folder),
-                                  preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-                 for r in range(n)]
+        cmd = [sys.executable, "-m", "iddm_cli.train.worker_entry", str(folder / "job.json")]
+        procs = [subprocess.Popen(cmd, env=worker_env(r, n, layout, addr, port, folder)) for r in range(n)]
         exits, signals = _supervise(procs)
-        if len(signals) > 1:
+        if len(signals) > 1 and any(code != 0 for _, _, code in exits):
             raise WorkerFailed(ExitCode.INTERRUPTED if signals[0] == signal.SIGINT else ExitCode.TERMINATED,
                                f"stopped at once by a second {signal.Signals(signals[1]).name}; the last complete "
                                f"checkpoint is kept (iddm resume RUN_DIR continues from it)")
@@ -183,14 +172,15 @@ def _raise_for(exits: list[tuple[float, int, int]], folder: Path) -> None:
         path = folder / f"error-{rank}.json"
         if path.exists():
             errors[rank] = json.loads(path.read_text(encoding="utf-8"))
-    failures = [(t, r, c) for t, r, c in exits if c != 0]
+    failures = [(errors[r]["time"] if r in errors else t, r, c) for t, r, c in exits if c != 0]
     if not failures:
         return
-    real = [(errors[r]["time"] if r in errors else t, r, c) for t, r, c in failures
-            if not errors.get(r, {}).get("peer_lost")]
-    _, rank, code = min(real or failures, key=lambda x: (x[0], x[1]))
-    if code in (ExitCode.INTERRUPTED, ExitCode.TERMINATED) and 0 in errors:
-        raise WorkerFailed(code, *errors[0]["problems"])  # interrupted: rank 0 saved and says how to resume
+    stops = (ExitCode.INTERRUPTED, ExitCode.TERMINATED)
+    real = [f for f in failures if f[2] not in stops and not errors.get(f[1], {}).get("peer_lost")]
+    interrupted = [f for f in failures if f[2] in stops]
+    _, rank, code = min(real or interrupted or failures, key=lambda x: (x[0], x[1]))
+    if not real and interrupted and errors.get(0, {}).get("code") in stops:
+        raise WorkerFailed(errors[0]["code"], *errors[0]["problems"])  # rank 0 saved and says how to resume
     if rank in errors:
         problems = errors[rank]["problems"]
         prefix = "" if errors[rank].get("all_ranks") else f"rank {rank}: "

@@ -65,9 +65,10 @@ def plan_resume(run_dir: str | Path, overrides: dict[str, Any], start_epoch: int
     _apply_overrides(config, overrides, run)
     path, state, notes = find_state(run, start_epoch)
     done, position = state["progress"]["epoch"], state["progress"].get("position", 0)
-    if done >= config.train.epochs and position == 0:
-        raise ConfigError(f"{path} has finished all {config.train.epochs} epochs of the run; extend it with "
-                          f"--epochs {config.train.epochs + 10}, for example")
+    if done >= config.train.epochs:
+        state_is = f"is the state after {done} epochs" + (f" and {position} batches" if position else "")
+        raise ConfigError(f"{path} {state_is}, and the run has train.epochs = {config.train.epochs}: nothing is "
+                          f"left to train; extend it with --epochs {done + 10}, for example")
     plan = plan_training(config, run, world)
     if plan.data.class_names != state["data"]["class_names"] or plan.data.channels != state["data"]["channels"]:
         raise DataError(f"the dataset at {config.data.dataset_path} no longer matches the run (classes or channels "

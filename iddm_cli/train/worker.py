@@ -1,15 +1,17 @@
 """One rank of a multi-process run: join the group, let rank 0 plan, share its plan, train.
 
-``python -m iddm_cli.train.worker JOB.json`` is what iddm's own launcher starts; under torchrun the ``iddm`` command
-itself calls :func:`run_worker`. Rank 0 alone reads the dataset listing, the run directory and any checkpoint, and
-broadcasts them, so every rank indexes the same files and the other ranks need no access to the run directory (on
-other nodes it may not exist).
+iddm's own launcher starts ``python -m iddm_cli.train.worker_entry JOB.json`` (which calls :func:`main`); under
+torchrun the ``iddm`` command itself calls :func:`run_worker`. Rank 0 alone reads the dataset listing, the run
+directory and any checkpoint, and broadcasts them, so every rank indexes the same files and the other ranks need no
+access to the run directory (on other nodes it may not exist).
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -37,6 +39,33 @@ class FailedOnRankZero(IddmError):
     """What the other ranks raise when rank 0 could not plan the run; rank 0 reports the reason."""
 
 
+class Stopped(IddmError):
+    """A signal while the worker was starting or finishing, outside the training loop's own handling."""
+
+    def __init__(self, signum: int):
+        self.exit_code = ExitCode.INTERRUPTED if signum == signal.SIGINT else ExitCode.TERMINATED  # type: ignore
+        super().__init__(f"stopped by {signal.Signals(signum).name} while starting or finishing; the last saved "
+                         "checkpoint, if any, is kept", all_ranks=True)
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise Stopped(signum)
+
+
+def _die_with_launcher() -> None:
+    """Linux: if the launcher is killed, this worker gets SIGTERM, so it saves and stops instead of running on
+    orphaned (set here rather than in a preexec_fn, which is unsafe in a threaded parent)."""
+    launcher = int(os.environ.get("IDDM_LAUNCHER_PID", "0"))
+    if not launcher or not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != launcher:  # the launcher died before the line above
+        raise Stopped(signal.SIGTERM)
+
+
 def _device_settings(job: Job) -> Config:
     """The settings that pick this rank's device, known before the group exists: the job's config, or for a
     resume the run's config.toml where this machine can read it (other nodes fall back to auto)."""
@@ -60,36 +89,35 @@ def run_worker(job: Job, world: World, reporter: Reporter) -> TrainResult | None
     config = _device_settings(job)
     device = plan_layout(config, world).device(world)
     dist.init_group(world, device, config.device.dist_timeout)
-    try:
-        shared: Any = None
-        if world.is_main:
-            try:
-                plan, state, notes = prepare(job, world)
-                if state is None:
-                    create_run_dir(plan)
-                if not os.environ.get("IDDM_LAUNCHED"):  # iddm's launcher printed them already
-                    for line in notes:
-                        reporter.info(line)
-                shared = (plan.config.to_dict(), plan.data, str(plan.run_dir), state)
-            except IddmError as err:
-                dist.broadcast_object(("failed", list(err.problems)), world)
-                raise
-        shared = dist.broadcast_object(shared, world)
-        if not world.is_main:
-            if shared[0] == "failed":
-                raise FailedOnRankZero(*shared[1], all_ranks=True)
-            config_dict, data, run_dir, state = shared
-            plan = plan_training(config_from_dict(config_dict, "rank 0's configuration"), Path(run_dir), world, data)
-            reporter = SilentReporter()
+    shared: Any = None
+    if world.is_main:
         try:
-            result = train(plan, reporter, job.provenance, state, world)
-        except RuntimeError as err:  # DDP's own all-reduce (in backward) meets a dead peer
-            if world.size > 1 and dist.is_comm_failure(err):
-                raise dist.peer_lost(err, "a training step") from err
+            plan, state, notes = prepare(job, world)
+            if state is None:
+                create_run_dir(plan)
+            if not os.environ.get("IDDM_LAUNCHED"):  # iddm's launcher printed them already
+                for line in notes:
+                    reporter.info(line)
+            shared = (plan.config.to_dict(), plan.data, str(plan.run_dir), state)
+        except BaseException as err:  # the other ranks wait for the plan: tell them, then fail
+            problems = err.problems if isinstance(err, IddmError) else [f"rank 0 failed: {type(err).__name__}"]
+            dist.broadcast_object(("failed", list(problems)), world)
             raise
-        return result if world.is_main else None
-    finally:
-        dist.shutdown()
+    shared = dist.broadcast_object(shared, world)
+    if not world.is_main:
+        if shared[0] == "failed":
+            raise FailedOnRankZero(*shared[1], all_ranks=True)
+        config_dict, data, run_dir, state = shared
+        plan = plan_training(config_from_dict(config_dict, "rank 0's configuration"), Path(run_dir), world, data)
+        reporter = SilentReporter()
+    try:
+        result = train(plan, reporter, job.provenance, state, world)
+    except RuntimeError as err:  # DDP's own all-reduce (in backward) meets a dead peer
+        if world.size > 1 and dist.is_comm_failure(err):
+            raise dist.peer_lost(err, "a training step") from err
+        raise
+    dist.shutdown()  # on failure the process just ends: tearing down NCCL with a dead peer can hang
+    return result if world.is_main else None
 
 
 def _write(path: str | None, record: dict[str, Any]) -> None:
@@ -99,13 +127,20 @@ def _write(path: str | None, record: dict[str, Any]) -> None:
         tmp.replace(path)
 
 
-def main(argv: list[str]) -> int:
-    """Entry point of a worker started by :func:`iddm_cli.train.launch.launch`; the launcher reports errors."""
+def main(argv: list[str], early_signals: list[int] | None = None) -> int:
+    """Entry point of a worker started by :func:`iddm_cli.train.launch.launch` (through
+    :mod:`iddm_cli.train.worker_entry`); the launcher reports errors. ``early_signals``: signals that arrived
+    before this function ran."""
     world = world_from_env()
     error_file = os.environ.get("IDDM_ERROR_FILE")
+    # until the training loop installs its own handling, a signal stops the worker where it is
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        if early_signals:
+            raise Stopped(early_signals[0])
+        _die_with_launcher()
         if world is None or len(argv) != 1:
-            raise IddmError("iddm_cli.train.worker is started by iddm itself (iddm dm train --devices N)")
+            raise IddmError("iddm_cli.train.worker_entry is started by iddm itself (iddm dm train --devices N)")
         job = Job(**json.loads(Path(argv[0]).read_text(encoding="utf-8")))
         reporter: Reporter = SilentReporter()
         if world.is_main:
@@ -133,7 +168,6 @@ def main(argv: list[str]) -> int:
                             "problems": [f"{type(err).__name__}: {err} (a bug in iddm; the traceback is above)"],
                             "peer_lost": False, "all_ranks": False})
         return int(ExitCode.FAILURE)
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
