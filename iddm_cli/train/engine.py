@@ -10,13 +10,10 @@ the per-step agreement on loss and stop signals, checkpoints (skipped-file lists
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
 import shutil
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -27,9 +24,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from iddm_cli.config import to_toml
 from iddm_cli.data.folder import EpochSampler, ImageFolderDataset, collate
-from iddm_cli.diffusion.samplers import sample
 from iddm_cli.diffusion.schedule import Diffusion
 from iddm_cli.errors import Interrupted, TrainingError
 from iddm_cli.train import checkpoint as ckpt
@@ -38,14 +33,12 @@ from iddm_cli.train.distributed import SINGLE, World
 from iddm_cli.train.ema import EMA
 from iddm_cli.train.objectives import LOSSES, LR_FUNCS, OPTIMIZERS
 from iddm_cli.train.plan import Plan, plan_training
-from iddm_cli.train.preview import save_grid
+from iddm_cli.train.preview import save_grid, sharded_sample
 from iddm_cli.train.reporting import Reporter, SilentReporter
-from iddm_cli.train.rundir import NullLogger, RunLogger, plan_run_dir
+from iddm_cli.train.rundir import NullLogger, RunLogger, create_run_dir, write_run_files
 
-__all__ = ["Plan", "TrainResult", "plan_training", "train"]  # plan_training: re-exported for callers
+__all__ = ["Plan", "TrainResult", "create_run_dir", "plan_training", "train"]  # re-exported for callers
 
-PREVIEW_BATCH = 64
-RUN_MARKER = ".iddm-run"  # created exclusively: the run directory belongs to the process that made it
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -306,35 +299,15 @@ class _Session:
         n = labels.numel() if labels is not None else per
         g = torch.Generator().manual_seed(c.train.seed)  # the same noise every time: progress is comparable
         noise = torch.randn(n, data.channels, *self.plan.image_size, generator=g).to(self.device)
-        share = math.ceil(n / world.size)
-        lo, hi = world.rank * share, min(n, (world.rank + 1) * share)
-        mine = torch.zeros(share, *noise.shape[1:], device=self.device)
-        for i in range(lo, hi, PREVIEW_BATCH):
-            j = min(hi, i + PREVIEW_BATCH)
-            y = labels[i:j] if labels is not None else None
-            mine[i - lo:j - lo] = sample(self.ema.model, self.diffusion, noise[i:j], y, sampler="ddim",
-                                         steps=c.vis.vis_steps, cfg_scale=c.diffusion.cfg_scale)
-        images = torch.cat(dist.all_gather_tensor(mine, world))[:n] if world.launched else mine[:n]
-        if not world.is_main:
+        images = sharded_sample(self.ema.model, self.diffusion, noise, labels, world, steps=c.vis.vis_steps,
+                                cfg_scale=c.diffusion.cfg_scale)
+        if images is None:
             return None
         rows = len(data.class_names) if data.conditional else max(1, round(math.sqrt(n)))
         path = self.plan.run_dir / "vis" / f"ema_{epochs_done:03d}.{c.vis.image_format}"
         save_grid(images, path, rows, data.class_names or None, c.vis.image_format)
         self.previews.append(path)
         return path
-
-
-def create_run_dir(plan: Plan) -> Path:
-    """Create the planned folder and claim it with an exclusive marker file; if another run took the name
-    meanwhile (two launches at once), take the next free one."""
-    while True:
-        try:
-            plan.run_dir.mkdir(parents=True, exist_ok=True)  # an empty folder (made by hand, say) is free to use
-            os.close(os.open(plan.run_dir / RUN_MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            plan.claimed = True
-            return plan.run_dir
-        except FileExistsError:
-            plan.run_dir, _ = plan_run_dir(plan.config.train.result_path, plan.config.train.run_name)
 
 
 def _stop_on_signals(session: _Session) -> Any:
@@ -357,18 +330,6 @@ def _stop_on_signals(session: _Session) -> Any:
     return lambda: [signal.signal(sig, h) for sig, h in previous.items()]
 
 
-def _write_run_files(plan: Plan, provenance: dict[str, Any] | None, resuming: bool) -> None:
-    run_dir = plan.run_dir
-    (run_dir / "config.toml").write_text(to_toml(plan.config), encoding="utf-8")
-    if resuming:
-        return
-    (run_dir / "cli.json").write_text(json.dumps({"argv": sys.argv, **(provenance or {})}, indent=2) + "\n",
-                                      encoding="utf-8")
-    classes = {"conditional": plan.data.conditional, "class_names": plan.data.class_names,
-               "class_counts": plan.data.class_counts, "images": len(plan.data.samples)}
-    (run_dir / "classes.json").write_text(json.dumps(classes, indent=2) + "\n", encoding="utf-8")
-
-
 def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, Any] | None = None,
           state: dict[str, Any] | None = None, world: World = SINGLE) -> TrainResult:
     """Run the whole training, or continue it from a saved ``state`` in the same run directory. Under DDP every
@@ -377,7 +338,7 @@ def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, An
     if world.is_main:
         reporter = reporter or Reporter()
         run_dir = plan.run_dir if state is not None or plan.claimed else create_run_dir(plan)
-        _write_run_files(plan, provenance, state is not None)
+        write_run_files(plan, provenance, state is not None)
         logger: RunLogger | NullLogger = RunLogger(run_dir)
     else:
         reporter, logger = SilentReporter(), NullLogger()

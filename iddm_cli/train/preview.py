@@ -7,10 +7,36 @@ from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
+from torch import nn
+
+from iddm_cli.diffusion.samplers import sample
+from iddm_cli.diffusion.schedule import Diffusion
+from iddm_cli.train import distributed as dist
+from iddm_cli.train.distributed import World
 
 PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "tif": "TIFF"}
 MIN_CELL = 64  # small images are enlarged (nearest neighbour) to at least this many pixels
 PAD = 2
+PREVIEW_BATCH = 64
+
+
+def sharded_sample(model: nn.Module, diffusion: Diffusion, noise: torch.Tensor, labels: torch.Tensor | None,
+                   world: World, *, steps: int, cfg_scale: float) -> torch.Tensor | None:
+    """Deterministic DDIM samples from ``noise`` (N, C, H, W). Under DDP each rank samples a contiguous share and
+    rank 0 gathers them, so no rank waits long for another; returns the images on rank 0, None elsewhere."""
+    n = noise.shape[0]
+    share = math.ceil(n / world.size)
+    lo, hi = world.rank * share, min(n, (world.rank + 1) * share)
+    mine = torch.zeros(share, *noise.shape[1:], device=noise.device)
+    for i in range(lo, hi, PREVIEW_BATCH):
+        j = min(hi, i + PREVIEW_BATCH)
+        y = labels[i:j] if labels is not None else None
+        mine[i - lo:j - lo] = sample(model, diffusion, noise[i:j], y, sampler="ddim", steps=steps,
+                                     cfg_scale=cfg_scale)
+    if not world.launched:
+        return mine[:n]
+    gathered = dist.all_gather_tensor(mine, world)
+    return torch.cat(gathered)[:n] if world.is_main else None
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

@@ -5,9 +5,17 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from iddm_cli.config import to_toml
+
+if TYPE_CHECKING:
+    from iddm_cli.train.plan import Plan
+
+RUN_MARKER = ".iddm-run"  # created exclusively: the run directory belongs to the process that made it
 
 
 def plan_run_dir(result_path: str, run_name: str) -> tuple[Path, str | None]:
@@ -31,6 +39,32 @@ def check_writable(path: Path) -> str | None:
     if not os.access(parent, os.W_OK | os.X_OK):
         return f"{parent} is not writable"
     return None
+
+
+def create_run_dir(plan: Plan) -> Path:
+    """Create the planned folder and claim it with an exclusive marker file; if another run took the name
+    meanwhile (two launches at once), take the next free one."""
+    while True:
+        try:
+            plan.run_dir.mkdir(parents=True, exist_ok=True)  # an empty folder (made by hand, say) is free to use
+            os.close(os.open(plan.run_dir / RUN_MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            plan.claimed = True
+            return plan.run_dir
+        except FileExistsError:
+            plan.run_dir, _ = plan_run_dir(plan.config.train.result_path, plan.config.train.run_name)
+
+
+def write_run_files(plan: Plan, provenance: dict[str, Any] | None, resuming: bool) -> None:
+    """config.toml (every start, so a resumed run records its overrides), cli.json and classes.json."""
+    run_dir = plan.run_dir
+    (run_dir / "config.toml").write_text(to_toml(plan.config), encoding="utf-8")
+    if resuming:
+        return
+    (run_dir / "cli.json").write_text(json.dumps({"argv": sys.argv, **(provenance or {})}, indent=2) + "\n",
+                                      encoding="utf-8")
+    classes = {"conditional": plan.data.conditional, "class_names": plan.data.class_names,
+               "class_counts": plan.data.class_counts, "images": len(plan.data.samples)}
+    (run_dir / "classes.json").write_text(json.dumps(classes, indent=2) + "\n", encoding="utf-8")
 
 
 class RunLogger:
