@@ -89,10 +89,10 @@ def execute(job: Job, reporter: Reporter, dry_run: bool = False) -> TrainResult 
 
 
 # ----------------------------------------------------------------------------------------------- self-launch
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port() -> int:
     """A port nobody listens on now; chosen once, here, and handed to every worker."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
+        s.bind(("", 0))
         return s.getsockname()[1]
 
 
@@ -112,7 +112,7 @@ def launch(job: Job, layout: Layout, reporter: Reporter) -> TrainResult:
     """Start ``layout.nproc`` workers on this machine, supervise them, and return rank 0's result."""
     n = layout.nproc
     addr = os.environ.get("MASTER_ADDR") or "127.0.0.1"
-    port = int(os.environ.get("MASTER_PORT") or free_port(addr))
+    port = int(os.environ.get("MASTER_PORT") or free_port())
     reporter.info(f"starting {n} worker processes ({layout.backend}, rendezvous {addr}:{port}); "
                   "for several machines start iddm with torchrun (see README)")
     with tempfile.TemporaryDirectory(prefix="iddm-launch-") as tmp:
