@@ -277,6 +277,19 @@ def test_the_launcher_reports_the_first_real_failure(tmp_path):
         f.unlink()
     with pytest.raises(WorkerFailed, match="rank 1 was killed by SIGKILL"):
         _raise_for([(1.0, 1, -9), (2.0, 0, -9)], tmp_path)
+    error(0, 1, 300.0, "lost contact with the other processes during a training step: NCCL error", peer_lost=True)
+    with pytest.raises(WorkerFailed, match="rank 0: lost contact"):  # rank 1 was killed by the launcher itself
+        _raise_for([(300.1, 0, 1), (306.0, 1, -9)], tmp_path, killed={1})
+
+
+def test_a_node_without_the_run_directory_needs_the_device_to_resume(tmp_path):
+    from iddm_cli.train.launch import Job
+    from iddm_cli.train.worker import _device_settings
+
+    with pytest.raises(ConfigError, match="cannot read .*config.toml; give the run's --device"):
+        _device_settings(Job("resume", run_dir=str(tmp_path / "elsewhere")))
+    config = _device_settings(Job("resume", run_dir=str(tmp_path / "elsewhere"), overrides={"device": "cpu"}))
+    assert config.device.device == "cpu"
 
 
 def test_a_signal_before_training_ends_a_worker_quietly(tmp_path, monkeypatch):

@@ -104,8 +104,8 @@ def init_group(world: World, device: torch.device, timeout_minutes: int) -> None
             from None
     # Pickled objects (rank 0's plan and checkpoint, skipped-file lists) travel over gloo on the CPU: through NCCL
     # they would be copied into GPU memory on every rank.
-    _OBJECT_GROUP = _guard("the start of the run", lambda: dist.new_group(backend="gloo")) \
-        if backend == "nccl" else None
+    _OBJECT_GROUP = _guard("the start of the run", lambda: dist.new_group(
+        backend="gloo", timeout=timedelta(minutes=timeout_minutes))) if backend == "nccl" else None
 
 
 def shutdown() -> None:

@@ -200,6 +200,7 @@ class _Session:
                 self.agreed_stop = self.stop_signal
             if self.agreed_stop is not None and i + 1 < spe:  # Ctrl-C or SIGTERM: save and leave mid-epoch
                 self.save(epoch, position=i + 1)
+                self.stop_requested()  # a collective: no rank leaves before rank 0 has written the checkpoint
                 raise Interrupted(self.agreed_stop, self.plan.run_dir)
         return sum(epoch_losses) / len(epoch_losses) if epoch_losses else float("nan")
 

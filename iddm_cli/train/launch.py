@@ -103,8 +103,8 @@ def worker_env(rank: int, n: int, layout: Layout, addr: str, port: int, folder: 
                IDDM_ERROR_FILE=str(folder / f"error-{rank}.json"), IDDM_RESULT_FILE=str(folder / "result.json"))
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     env.setdefault("OMP_NUM_THREADS", str(max(1, cpus // n)))  # n processes share the cores, as torchrun does
-    if layout.kind == "cpu" and addr in ("127.0.0.1", "localhost"):
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo's hostname-based interface choice is unreliable
+    if addr in ("127.0.0.1", "localhost"):  # gloo (CPU runs, and object collectives beside NCCL) on loopback
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # its hostname-based interface choice is unreliable
     return env
 
 
@@ -120,20 +120,23 @@ def launch(job: Job, layout: Layout, reporter: Reporter) -> TrainResult:
         (folder / "job.json").write_text(json.dumps(asdict(job)), encoding="utf-8")
         cmd = [sys.executable, "-m", "iddm_cli.train.worker_entry", str(folder / "job.json")]
         procs = [subprocess.Popen(cmd, env=worker_env(r, n, layout, addr, port, folder)) for r in range(n)]
-        exits, signals = _supervise(procs)
+        exits, signals, killed = _supervise(procs)
+        if signals:  # a worker stopped before its handlers were installed ended by the signal itself
+            exits = [(t, r, 128 - c if c in (-signal.SIGINT, -signal.SIGTERM) else c) for t, r, c in exits]
         if len(signals) > 1 and any(code != 0 for _, _, code in exits):
             raise WorkerFailed(ExitCode.INTERRUPTED if signals[0] == signal.SIGINT else ExitCode.TERMINATED,
                                f"stopped at once by a second {signal.Signals(signals[1]).name}; the last complete "
                                f"checkpoint is kept (iddm resume RUN_DIR continues from it)")
-        _raise_for(exits, folder)
+        _raise_for(exits, folder, killed)
         result = json.loads((folder / "result.json").read_text(encoding="utf-8"))
     return TrainResult(Path(result["run_dir"]), result["steps"], result["final_loss"], Path(result["checkpoint"]),
                        [Path(p) for p in result["previews"]], result["skipped_steps"])
 
 
-def _supervise(procs: list[subprocess.Popen]) -> tuple[list[tuple[float, int, int]], list[int]]:
+def _supervise(procs: list[subprocess.Popen]) -> tuple[list[tuple[float, int, int]], list[int], set[int]]:
     """Wait for every worker; pass signals on; after a failure give the rest GRACE_S, then kill them.
-    Returns ((time, rank, exit code) in the order the workers ended, the signals received)."""
+    Returns ((time, rank, exit code) in the order the workers ended, the signals received, the ranks killed
+    here)."""
     received: list[int] = []
 
     def forward(signum: int, frame: Any) -> None:
@@ -146,6 +149,7 @@ def _supervise(procs: list[subprocess.Popen]) -> tuple[list[tuple[float, int, in
     if threading.current_thread() is threading.main_thread():
         restore = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     exits: list[tuple[float, int, int]] = []
+    killed: set[int] = set()
     failed_at: float | None = None
     try:
         while len(exits) < len(procs):
@@ -155,18 +159,20 @@ def _supervise(procs: list[subprocess.Popen]) -> tuple[list[tuple[float, int, in
                     if code not in (0, ExitCode.INTERRUPTED, ExitCode.TERMINATED) and failed_at is None:
                         failed_at = time.monotonic()
             if failed_at is not None and time.monotonic() - failed_at > GRACE_S:
-                for p in procs:
+                for rank, p in enumerate(procs):
                     if p.poll() is None:
                         p.kill()  # blocked in a collective, SIGTERM would not reach it
+                        killed.add(rank)
             time.sleep(0.05)
     finally:
         for sig, handler in restore.items():
             signal.signal(sig, handler)
-    return exits, received
+    return exits, received, killed
 
 
-def _raise_for(exits: list[tuple[float, int, int]], folder: Path) -> None:
-    """Raise the error that explains the ending: the first failing worker's own, not its peers' lost contact."""
+def _raise_for(exits: list[tuple[float, int, int]], folder: Path, killed: set[int] = frozenset()) -> None:
+    """Raise the error that explains the ending: the first failing worker's own, not its peers' lost contact,
+    nor the ranks this launcher killed afterwards."""
     errors = {}
     for rank in range(len(exits)):
         path = folder / f"error-{rank}.json"
@@ -176,9 +182,11 @@ def _raise_for(exits: list[tuple[float, int, int]], folder: Path) -> None:
     if not failures:
         return
     stops = (ExitCode.INTERRUPTED, ExitCode.TERMINATED)
-    real = [f for f in failures if f[2] not in stops and not errors.get(f[1], {}).get("peer_lost")]
+    real = [f for f in failures if f[2] not in stops and not errors.get(f[1], {}).get("peer_lost")
+            and f[1] not in killed]
     interrupted = [f for f in failures if f[2] in stops]
-    _, rank, code = min(real or interrupted or failures, key=lambda x: (x[0], x[1]))
+    reported = [f for f in failures if f[1] in errors]  # e.g. lost contact, when nothing else explains it
+    _, rank, code = min(real or interrupted or reported or failures, key=lambda x: (x[0], x[1]))
     if not real and interrupted and errors.get(0, {}).get("code") in stops:
         raise WorkerFailed(errors[0]["code"], *errors[0]["problems"])  # rank 0 saved and says how to resume
     if rank in errors:

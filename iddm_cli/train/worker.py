@@ -21,7 +21,7 @@ from typing import Any
 from iddm_cli.config import FIELDS, Config, config_from_dict
 from iddm_cli.config.loader import coerce
 from iddm_cli.config.schema import DeviceConfig
-from iddm_cli.errors import ExitCode, IddmError
+from iddm_cli.errors import ConfigError, ExitCode, IddmError
 from iddm_cli.train import distributed as dist
 from iddm_cli.train.devices import plan_layout
 from iddm_cli.train.distributed import PeerLost, World, world_from_env
@@ -49,6 +49,8 @@ class Stopped(IddmError):
 
 
 def _stop(signum: int, frame: Any) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):  # one-shot: the terminal and the launcher both deliver it
+        signal.signal(sig, signal.SIG_IGN)
     raise Stopped(signum)
 
 
@@ -68,13 +70,17 @@ def _die_with_launcher() -> None:
 
 def _device_settings(job: Job) -> Config:
     """The settings that pick this rank's device, known before the group exists: the job's config, or for a
-    resume the run's config.toml where this machine can read it (other nodes fall back to auto)."""
+    resume the run's config.toml, which a node without the run directory replaces by --device on the command
+    line (every rank must choose the same backend)."""
     if job.config is not None:
         return config_from_dict(job.config, "the resolved configuration")
     config = Config()
     toml = Path(job.run_dir or "").expanduser() / "config.toml"
     if toml.is_file():
         config = config_from_dict(tomllib.loads(toml.read_text(encoding="utf-8")), str(toml))
+    elif job.overrides.get("device") is None:
+        raise ConfigError(f"this node cannot read {toml}; give the run's --device (and --dist-timeout if it was "
+                          "changed) on the command line, or put the run directory on a shared filesystem")
     for name in DeviceConfig.__dataclass_fields__:
         if job.overrides.get(name) is None:
             continue
