@@ -93,9 +93,10 @@ def test_a_failing_worker_ends_the_job_with_its_own_error(tmp_path):
 
 
 def _child_with_rank(parent: int, rank: int) -> int:
-    for pid in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
-        if f"RANK={rank}\0".encode() in Path(f"/proc/{pid}/environ").read_bytes():
-            return int(pid)
+    for task in Path(f"/proc/{parent}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            if f"RANK={rank}\0".encode() in Path(f"/proc/{pid}/environ").read_bytes():
+                return int(pid)
     raise AssertionError(f"no worker with RANK={rank}")
 
 
@@ -113,6 +114,28 @@ def test_a_killed_worker_stops_the_others_and_keeps_the_checkpoint(tmp_path):
     assert proc.wait(timeout=60) == 1, rest
     assert "rank 1 was killed by SIGKILL (out of memory?); the other worker processes were stopped" in rest
     assert load_checkpoint(tmp_path / "df" / "ckpt_last.pt")["progress"]["epoch"] >= 1
+
+
+@pytest.mark.skipif(not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists(), reason="Linux /proc")
+def test_a_torchrun_restart_continues_the_run_it_started(tmp_path):
+    data = make_dataset(tmp_path / "d", ["a", "b", "c"], per_class=6)
+    settings = {"dataset_path": str(data), "result_path": str(tmp_path / "out"), "image_size": 8, "base_channels": 4,
+                "noise_steps": 20, "epochs": 3, "batch_size": 2, "log_every": 1, "device": "cpu"}
+    whole = DMTrainer(run_name="whole", devices=2, reporter=SilentReporter(), **settings).train()
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             "--max-restarts", "1", "-m", "iddm_cli", "dm", "train", *flags, "--run-name", "elastic"],
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if "epoch 2/3 step 2/" in line:  # epoch 1 is saved
+            break
+    os.kill(_child_with_rank(proc.pid, 1), signal.SIGKILL)  # torchrun restarts every worker
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=300) == 0, rest
+    run = tmp_path / "out" / "elastic"
+    assert f"torchrun restart 1: continuing {run} from its last checkpoint" in rest
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["elastic", "whole"]  # no elastic-2
+    assert_same_weights(whole.run_dir, run)  # continued from the state after epoch 1: the same computation
 
 
 def test_ddp_resume_is_exact_and_may_change_the_number_of_processes(tmp_path):

@@ -93,11 +93,12 @@ def init_group(world: World, device: torch.device, timeout_minutes: int) -> None
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    where, timeout = f"{addr}:{port}", timedelta(minutes=timeout_minutes)
     try:
-        dist.init_process_group(backend, rank=world.rank, world_size=world.size,
-                                timeout=timedelta(minutes=timeout_minutes),
-                                device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(backend, rank=world.rank, world_size=world.size, timeout=timeout,
+                                device_id=device if device.type == "cuda" else None, store=_restart_store(
+                                    addr, port, world, timeout))
     except (RuntimeError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise TrainingError(f"rank {world.rank} could not join the {backend} process group at {where}: {first}") \
@@ -106,6 +107,17 @@ def init_group(world: World, device: torch.device, timeout_minutes: int) -> None
     # they would be copied into GPU memory on every rank.
     _OBJECT_GROUP = _guard("the start of the run", lambda: dist.new_group(
         backend="gloo", timeout=timedelta(minutes=timeout_minutes))) if backend == "nccl" else None
+
+
+def _restart_store(addr: str, port: int, world: World, timeout: timedelta) -> dist.Store | None:
+    """After a torchrun restart, the store torchrun shares with its workers still holds the previous attempt's
+    keys, and joining through it connects to addresses of processes that are gone (pytorch issue #135712). Keys
+    under a prefix of the restart count are fresh. None (the usual env:// rendezvous) otherwise."""
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or restart in ("", "0"):
+        return None
+    store = dist.TCPStore(addr, port, world.size, is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"iddm/restart-{restart}", store)
 
 
 def shutdown() -> None:

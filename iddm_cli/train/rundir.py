@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import json
 import os
@@ -41,17 +42,34 @@ def check_writable(path: Path) -> str | None:
     return None
 
 
-def create_run_dir(plan: Plan) -> Path:
-    """Create the planned folder and claim it with an exclusive marker file; if another run took the name
-    meanwhile (two launches at once), take the next free one."""
+def create_run_dir(plan: Plan, launch_id: str = "") -> Path:
+    """Create the planned folder and claim it with an exclusive marker file (holding ``launch_id``, torchrun's
+    run id, so that a restarted launch finds it again); if another run took the name meanwhile (two launches at
+    once), take the next free one."""
     while True:
         try:
             plan.run_dir.mkdir(parents=True, exist_ok=True)  # an empty folder (made by hand, say) is free to use
-            os.close(os.open(plan.run_dir / RUN_MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            fd = os.open(plan.run_dir / RUN_MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            try:
+                os.write(fd, launch_id.encode())
+            finally:
+                os.close(fd)
             plan.claimed = True
             return plan.run_dir
         except FileExistsError:
             plan.run_dir, _ = plan_run_dir(plan.config.train.result_path, plan.config.train.run_name)
+
+
+def find_launch_run(result_path: str, run_name: str, launch_id: str) -> Path | None:
+    """The run directory (``run_name``, ``run_name-2``, ...) whose marker holds ``launch_id``, if any."""
+    base = Path(result_path).expanduser()
+    for marker in sorted(base.glob(f"{glob.escape(run_name)}*/{RUN_MARKER}")):
+        try:
+            if launch_id and marker.read_text(encoding="utf-8") == launch_id:
+                return marker.parent
+        except OSError:
+            continue
+    return None
 
 
 def write_run_files(plan: Plan, provenance: dict[str, Any] | None, resuming: bool) -> None:

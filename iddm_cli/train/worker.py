@@ -28,6 +28,7 @@ from iddm_cli.train.distributed import PeerLost, World, world_from_env
 from iddm_cli.train.engine import TrainResult, create_run_dir, plan_training, train
 from iddm_cli.train.launch import Job, prepare
 from iddm_cli.train.reporting import Reporter, SilentReporter
+from iddm_cli.train.rundir import find_launch_run
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -90,6 +91,30 @@ def _device_settings(job: Job) -> Config:
     return config
 
 
+def launch_id() -> str:
+    """torchrun's run id (``--rdzv-id``, or the id ``--standalone`` makes up), the same across its restarts; empty
+    when there is none or it is torchrun's default "none", which unrelated launches share."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    return "" if run_id in ("", "none") else run_id
+
+
+def _after_restart(job: Job, reporter: Reporter) -> Job:
+    """Under ``torchrun --max-restarts``, a restarted ``iddm dm train`` continues the run that its first attempt
+    created (found by torchrun's run id) from the last checkpoint, instead of starting a new one."""
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if job.kind != "new" or not restarts or job.config is None:
+        return job
+    train_cfg = job.config["train"]
+    run = find_launch_run(train_cfg["result_path"], train_cfg["run_name"], launch_id())
+    if run is None or not any(run.glob("ckpt_*.pt")):
+        if not launch_id():
+            reporter.info("note: torchrun restarted this command; give torchrun --rdzv-id (or --standalone) so "
+                          "that a restart continues the run instead of starting a new one")
+        return job
+    reporter.info(f"torchrun restart {restarts}: continuing {run} from its last checkpoint")
+    return Job("resume", run_dir=str(run), provenance=job.provenance)
+
+
 def run_worker(job: Job, world: World, reporter: Reporter) -> TrainResult | None:
     """Train as rank ``world.rank``; returns the result on rank 0."""
     config = _device_settings(job)
@@ -98,9 +123,10 @@ def run_worker(job: Job, world: World, reporter: Reporter) -> TrainResult | None
     shared: Any = None
     if world.is_main:
         try:
+            job = _after_restart(job, reporter)
             plan, state, notes = prepare(job, world)
             if state is None:
-                create_run_dir(plan)
+                create_run_dir(plan, launch_id())
             if not os.environ.get("IDDM_LAUNCHED"):  # iddm's launcher printed them already
                 for line in notes:
                     reporter.info(line)
