@@ -6,6 +6,7 @@ only with ``--debug`` or ``IDDM_DEBUG=1``. Anything else that escapes is a bug a
 
 from __future__ import annotations
 
+import signal
 from enum import IntEnum
 
 
@@ -16,6 +17,20 @@ class ExitCode(IntEnum):
     DATA = 3  # missing, empty or unusable dataset
     INTERRUPTED = 130
     TERMINATED = 143
+
+
+STOP_CODES = (ExitCode.INTERRUPTED, ExitCode.TERMINATED)  # a run stopped by a signal: saved, and resumable
+
+
+def exit_code_for_signal(signum: int) -> ExitCode:
+    """130 for SIGINT, 143 for SIGTERM (128 + the signal number, the shell's convention)."""
+    return ExitCode.INTERRUPTED if signum == signal.SIGINT else ExitCode.TERMINATED
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (library errors can run to pages), or its type's name."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 class IddmError(Exception):
@@ -51,8 +66,6 @@ class Interrupted(IddmError):
     """Ctrl-C or SIGTERM during training: the state was saved and the run can continue."""
 
     def __init__(self, signum: int, run_dir: object):
-        import signal
-
-        self.exit_code = ExitCode.INTERRUPTED if signum == signal.SIGINT else ExitCode.TERMINATED
+        self.exit_code = exit_code_for_signal(signum)
         super().__init__(f"interrupted by {signal.Signals(signum).name}; the state is saved. "
                          f"resume with: iddm resume {run_dir}", all_ranks=True)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from iddm_cli import __version__
-from iddm_cli.errors import CheckpointError
+from iddm_cli.errors import CheckpointError, first_line
 
 FORMAT = "iddm"
 FORMAT_VERSION = 1
@@ -63,8 +63,7 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path} holds objects that could run code when loaded, so it was not loaded "
                               f"({unsafe[:200]}); use checkpoints written by iddm") from None
     except Exception as err:  # any other failure to parse: a damaged or foreign file (never executed)
-        reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
-        raise CheckpointError(f"{path} is truncated or not a PyTorch checkpoint ({reason}); "
+        raise CheckpointError(f"{path} is truncated or not a PyTorch checkpoint ({first_line(err)[:160]}); "
                               "try an earlier checkpoint of the run") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an iddm checkpoint (no 'format': 'iddm' entry)")

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from iddm_cli.errors import ConfigError, TrainingError
+from iddm_cli.errors import ConfigError, TrainingError, first_line
 
 T = TypeVar("T")
 _OBJECT_GROUP: Any = None  # a gloo group for object collectives when the main group is NCCL
@@ -69,9 +69,8 @@ def is_comm_failure(err: BaseException) -> bool:
 
 
 def peer_lost(err: BaseException, what: str) -> PeerLost:
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return PeerLost(f"lost contact with the other processes during {what} (another one failed or was stopped): "
-                    f"{first}")
+                    f"{first_line(err)}")
 
 
 def _guard(what: str, fn: Callable[[], T]) -> T:
@@ -100,9 +99,8 @@ def init_group(world: World, device: torch.device, timeout_minutes: int) -> None
                                 device_id=device if device.type == "cuda" else None, store=_restart_store(
                                     addr, port, world, timeout))
     except (RuntimeError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise TrainingError(f"rank {world.rank} could not join the {backend} process group at {where}: {first}") \
-            from None
+        raise TrainingError(f"rank {world.rank} could not join the {backend} process group at {where}: "
+                            f"{first_line(err)}") from None
     # Pickled objects (rank 0's plan and checkpoint, skipped-file lists) travel over gloo on the CPU: through NCCL
     # they would be copied into GPU memory on every rank.
     _OBJECT_GROUP = _guard("the start of the run", lambda: dist.new_group(

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from iddm_cli.config import config_from_dict
-from iddm_cli.errors import ExitCode, IddmError
+from iddm_cli.errors import STOP_CODES, ExitCode, IddmError, exit_code_for_signal
 from iddm_cli.train.devices import Layout
 from iddm_cli.train.distributed import World, world_from_env
 from iddm_cli.train.engine import TrainResult, plan_training, train
@@ -122,9 +122,10 @@ def launch(job: Job, layout: Layout, reporter: Reporter) -> TrainResult:
         procs = [subprocess.Popen(cmd, env=worker_env(r, n, layout, addr, port, folder)) for r in range(n)]
         exits, signals, killed = _supervise(procs)
         if signals:  # a worker stopped before its handlers were installed ended by the signal itself
-            exits = [(t, r, 128 - c if c in (-signal.SIGINT, -signal.SIGTERM) else c) for t, r, c in exits]
+            exits = [(t, r, exit_code_for_signal(-c) if c in (-signal.SIGINT, -signal.SIGTERM) else c)
+                     for t, r, c in exits]
         if len(signals) > 1 and any(code != 0 for _, _, code in exits):
-            raise WorkerFailed(ExitCode.INTERRUPTED if signals[0] == signal.SIGINT else ExitCode.TERMINATED,
+            raise WorkerFailed(exit_code_for_signal(signals[0]),
                                f"stopped at once by a second {signal.Signals(signals[1]).name}; the last complete "
                                f"checkpoint is kept (iddm resume RUN_DIR continues from it)")
         _raise_for(exits, folder, killed)
@@ -149,14 +150,16 @@ def _supervise(procs: list[subprocess.Popen]) -> tuple[list[tuple[float, int, in
     if threading.current_thread() is threading.main_thread():
         restore = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     exits: list[tuple[float, int, int]] = []
+    ended: set[int] = set()
     killed: set[int] = set()
     failed_at: float | None = None
     try:
         while len(exits) < len(procs):
             for rank, p in enumerate(procs):
-                if all(r != rank for _, r, _ in exits) and (code := p.poll()) is not None:
+                if rank not in ended and (code := p.poll()) is not None:
+                    ended.add(rank)
                     exits.append((time.time(), rank, code))
-                    if code not in (0, ExitCode.INTERRUPTED, ExitCode.TERMINATED) and failed_at is None:
+                    if code not in (0, *STOP_CODES) and failed_at is None:
                         failed_at = time.monotonic()
             if failed_at is not None and time.monotonic() - failed_at > GRACE_S:
                 for rank, p in enumerate(procs):
@@ -181,13 +184,12 @@ def _raise_for(exits: list[tuple[float, int, int]], folder: Path, killed: set[in
     failures = [(errors[r]["time"] if r in errors else t, r, c) for t, r, c in exits if c != 0]
     if not failures:
         return
-    stops = (ExitCode.INTERRUPTED, ExitCode.TERMINATED)
-    real = [f for f in failures if f[2] not in stops and not errors.get(f[1], {}).get("peer_lost")
+    real = [f for f in failures if f[2] not in STOP_CODES and not errors.get(f[1], {}).get("peer_lost")
             and f[1] not in killed]
-    interrupted = [f for f in failures if f[2] in stops]
+    interrupted = [f for f in failures if f[2] in STOP_CODES]
     reported = [f for f in failures if f[1] in errors]  # e.g. lost contact, when nothing else explains it
     _, rank, code = min(real or interrupted or reported or failures, key=lambda x: (x[0], x[1]))
-    if not real and interrupted and errors.get(0, {}).get("code") in stops:
+    if not real and interrupted and errors.get(0, {}).get("code") in STOP_CODES:
         raise WorkerFailed(errors[0]["code"], *errors[0]["problems"])  # rank 0 saved and says how to resume
     if rank in errors:
         problems = errors[rank]["problems"]

@@ -21,7 +21,7 @@ from typing import Any
 from iddm_cli.config import FIELDS, Config, config_from_dict
 from iddm_cli.config.loader import coerce
 from iddm_cli.config.schema import DeviceConfig
-from iddm_cli.errors import ConfigError, ExitCode, IddmError
+from iddm_cli.errors import ConfigError, ExitCode, IddmError, exit_code_for_signal
 from iddm_cli.train import distributed as dist
 from iddm_cli.train.devices import plan_layout
 from iddm_cli.train.distributed import PeerLost, World, world_from_env
@@ -44,7 +44,7 @@ class Stopped(IddmError):
     """A signal while the worker was starting or finishing, outside the training loop's own handling."""
 
     def __init__(self, signum: int):
-        self.exit_code = ExitCode.INTERRUPTED if signum == signal.SIGINT else ExitCode.TERMINATED  # type: ignore
+        self.exit_code = exit_code_for_signal(signum)
         super().__init__(f"stopped by {signal.Signals(signum).name} while starting or finishing; the last saved "
                          "checkpoint, if any, is kept", all_ranks=True)
 
@@ -159,12 +159,19 @@ def _write(path: str | None, record: dict[str, Any]) -> None:
         tmp.replace(path)
 
 
+def _report(world: World | None, code: int, problems: list[str], peer_lost: bool = False,
+            all_ranks: bool = False) -> None:
+    """The error record the launcher reads (IDDM_ERROR_FILE) to tell which rank failed first, and why."""
+    _write(os.environ.get("IDDM_ERROR_FILE"), {"rank": world.rank if world else -1, "code": code,
+                                               "time": time.time(), "problems": problems, "peer_lost": peer_lost,
+                                               "all_ranks": all_ranks})
+
+
 def main(argv: list[str], early_signals: list[int] | None = None) -> int:
     """Entry point of a worker started by :func:`iddm_cli.train.launch.launch` (through
     :mod:`iddm_cli.train.worker_entry`); the launcher reports errors. ``early_signals``: signals that arrived
     before this function ran."""
     world = world_from_env()
-    error_file = os.environ.get("IDDM_ERROR_FILE")
     # until the training loop installs its own handling, a signal stops the worker where it is
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -188,17 +195,14 @@ def main(argv: list[str], early_signals: list[int] | None = None) -> int:
                 "skipped_steps": result.skipped_steps})
         return 0
     except IddmError as err:
-        _write(error_file, {"rank": world.rank if world else -1, "code": int(err.exit_code), "time": time.time(),
-                            "problems": err.problems, "peer_lost": isinstance(err, (PeerLost, FailedOnRankZero)),
-                            "all_ranks": err.all_ranks})
-        if not error_file:
+        _report(world, int(err.exit_code), err.problems, isinstance(err, (PeerLost, FailedOnRankZero)),
+                err.all_ranks)
+        if not os.environ.get("IDDM_ERROR_FILE"):
             print("\n".join(f"error: {p}" for p in err.problems), file=sys.stderr)
         return int(err.exit_code)
     except BaseException as err:  # a bug: keep the traceback, and tell the launcher which rank failed
         traceback.print_exc()
-        _write(error_file, {"rank": world.rank if world else -1, "code": int(ExitCode.FAILURE), "time": time.time(),
-                            "problems": [f"{type(err).__name__}: {err} (a bug in iddm; the traceback is above)"],
-                            "peer_lost": False, "all_ranks": False})
+        _report(world, int(ExitCode.FAILURE), [f"{type(err).__name__}: {err} (a bug in iddm; the traceback is above)"])
         return int(ExitCode.FAILURE)
     finally:
         for sig, handler in previous.items():
