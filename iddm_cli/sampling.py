@@ -24,6 +24,7 @@ from iddm_cli.diffusion.schedule import Diffusion
 from iddm_cli.errors import ConfigError
 from iddm_cli.nets import build_network
 from iddm_cli.train.checkpoint import load_checkpoint, strip_prefix
+from iddm_cli.train.devices import parse_device, visible_gpus
 from iddm_cli.train.preview import PIL_FORMATS, save_grid, to_uint8
 from iddm_cli.train.rundir import plan_run_dir
 
@@ -62,17 +63,14 @@ def resolve_checkpoint(path: str) -> Path:
 
 
 def select_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ConfigError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise ConfigError(f"--device {spec}: no such GPU here ({torch.cuda.device_count()} visible)")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N")
-    return device
+    """``--device`` of ``iddm sample``, parsed as the trainers parse it; one device."""
+    kind, index = parse_device(spec)
+    gpus = visible_gpus()
+    if kind == "cpu" or (kind == "auto" and not gpus):
+        return torch.device("cpu")
+    if (index or 0) >= gpus:
+        raise ConfigError(f"--device {spec}: no such GPU here ({gpus} visible)")
+    return torch.device("cuda", index or 0)
 
 
 def _labels(req: SampleRequest, meta: dict[str, Any]) -> list[int] | None:
