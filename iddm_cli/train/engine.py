@@ -127,8 +127,8 @@ class _Session:
         max_norm = c.optim.max_grad_norm or float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         self.step += 1
-        loss_value = self._agree(loss)  # CPU-GPU sync point; the gradients (so grad_norm) already agree
-        if not (math.isfinite(loss_value) and torch.isfinite(grad_norm)):
+        loss_value, grad_value = self._agree(loss, grad_norm)  # the step's one CPU-GPU sync
+        if not (math.isfinite(loss_value) and math.isfinite(grad_value)):
             self.skipped += 1
             self.nonfinite_run += 1
             self.optimizer.zero_grad(set_to_none=True)
@@ -148,25 +148,30 @@ class _Session:
         else:
             self.optimizer.step()
         self.ema.update(self.model)
-        return loss_value, grad_norm.item(), lr
+        return loss_value, grad_value, lr
 
-    def _agree(self, loss: torch.Tensor) -> float:
-        """The loss averaged over ranks, and the stop signal every rank acts on (one small all-reduce a step)."""
+    def _agree(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> tuple[float, float]:
+        """(loss averaged over ranks, gradient norm) copied to the host together, and the stop signal every rank
+        acts on: under DDP one all-reduce of three numbers a step (the gradients, so their norm, already agree)."""
         local = self.stop_signal
-        if not self.world.launched:
+        values = loss.detach().float().reshape(1)
+        if self.world.launched:
+            flags = torch.tensor([local == signal.SIGINT, local == signal.SIGTERM], dtype=torch.float32,
+                                 device=self.device)
+            values = dist.all_reduce_sum(torch.cat([values, flags]))
+        total, *flags_sum, grad = torch.cat([values, grad_norm.detach().float().reshape(1)]).tolist()
+        if self.world.launched:
+            n_int, n_term = flags_sum
+            self.agreed_stop = signal.SIGTERM if n_term else signal.SIGINT if n_int else None
+        else:
             self.agreed_stop = local
-            return loss.item()
-        flags = [float(local == signal.SIGINT), float(local == signal.SIGTERM)]
-        stats = torch.cat([loss.detach().float().reshape(1), torch.tensor(flags, device=self.device)])
-        dist.all_reduce_sum(stats)
-        total, n_int, n_term = stats.tolist()
-        self.agreed_stop = signal.SIGTERM if n_term else signal.SIGINT if n_int else None
-        return total / self.world.size
+        return total / self.world.size, grad
 
     def stop_requested(self) -> int | None:
         """At an epoch end: the signal all ranks stop on, or None (a collective under DDP)."""
         if self.world.launched:
-            self._agree(torch.zeros((), device=self.device))
+            zero = torch.zeros((), device=self.device)
+            self._agree(zero, zero)
         else:
             self.agreed_stop = self.stop_signal
         return self.agreed_stop
