@@ -212,6 +212,27 @@ def test_a_file_that_fails_to_decode_is_replaced_by_the_next_image(tmp_path):
     assert batch.shape == (5, 3, 8, 8) and len(labels) == 5 and len(failed) == 1  # the batch keeps its size
 
 
+def test_rank_zero_plans_from_the_launchers_scan_without_scanning_again(tmp_path, monkeypatch):
+    from iddm_cli.config import resolve
+    from iddm_cli.data import folder
+    from iddm_cli.train import plan as plan_module
+    from iddm_cli.train.launch import Job, prepare
+
+    data = make_dataset(tmp_path / "d", ["a", "b"], per_class=3)
+    info = folder.scan_dataset(str(data))
+    assert folder.DatasetInfo.from_json(json.loads(json.dumps(info.to_json()))) == info  # survives the job file
+    config = resolve(flags={"dataset_path": str(data), "result_path": str(tmp_path), "image_size": 8,
+                            "base_channels": 4}).config
+    job = Job("new", config=config.to_dict(), data=info.to_json())
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("scanned again")
+
+    monkeypatch.setattr(plan_module, "scan_dataset", no_scan)
+    plan, state, _ = prepare(job)
+    assert plan.data == info and state is None
+
+
 def test_dry_run_plans_several_processes_without_starting_them(invoke, cond_data, tmp_path):
     result = invoke("dm", "train", "--dataset-path", cond_data, "--result-path", tmp_path, *TINY_DDP, "--epochs",
                     "1", "--nproc", "3", "--dry-run")

@@ -10,6 +10,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision.transforms.functional as TF
@@ -36,6 +37,18 @@ class DatasetInfo:
     class_counts: dict[str, int]
     notes: list[str] = field(default_factory=list)  # things worth telling the user (ignored files, ...)
     size_stats: tuple[int, int, int] = (0, 0, 0)  # min, median, max of the shorter side
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data (paths as strings): how a launcher hands its scan to the worker that plans the run."""
+        return {"root": str(self.root), "conditional": self.conditional, "class_names": self.class_names,
+                "samples": [[str(path), label] for path, label in self.samples], "channels": self.channels,
+                "class_counts": self.class_counts, "notes": self.notes, "size_stats": list(self.size_stats)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DatasetInfo:
+        return cls(Path(data["root"]), data["conditional"], data["class_names"],
+                   [(Path(path), label) for path, label in data["samples"]], data["channels"], data["class_counts"],
+                   data["notes"], tuple(data["size_stats"]))
 
     def summary(self) -> str:
         kind = f"conditional, {len(self.class_names)} classes" if self.conditional else "unconditional"

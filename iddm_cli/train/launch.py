@@ -22,11 +22,12 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from iddm_cli.config import config_from_dict
+from iddm_cli.data.folder import DatasetInfo
 from iddm_cli.errors import STOP_CODES, ExitCode, IddmError, exit_code_for_signal
 from iddm_cli.train.devices import Layout
 from iddm_cli.train.distributed import World, world_from_env
@@ -48,6 +49,7 @@ class Job:
     overrides: dict[str, Any] = field(default_factory=dict)  # resume: flag values given with it
     start_epoch: int = -1  # resume: -1 = the newest state
     provenance: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] | None = None  # the launcher's dataset scan (DatasetInfo.to_json), so rank 0 need not redo it
 
 
 class WorkerFailed(IddmError):
@@ -60,11 +62,13 @@ class WorkerFailed(IddmError):
 
 def prepare(job: Job, world: World | None = None) -> tuple[Plan, dict[str, Any] | None, list[str]]:
     """(plan, training state or None, notes): everything checked, nothing written."""
+    data = DatasetInfo.from_json(job.data) if job.data is not None else None
     if job.kind == "resume":
         assert job.run_dir is not None
-        return plan_resume(job.run_dir, job.overrides, job.start_epoch, world)
+        return plan_resume(job.run_dir, job.overrides, job.start_epoch, world, data)
     assert job.config is not None
-    return plan_training(config_from_dict(job.config, "the resolved configuration"), world=world), None, []
+    config = config_from_dict(job.config, "the resolved configuration")
+    return plan_training(config, world=world, data=data), None, []
 
 
 def execute(job: Job, reporter: Reporter, dry_run: bool = False) -> TrainResult | None:
@@ -83,7 +87,7 @@ def execute(job: Job, reporter: Reporter, dry_run: bool = False) -> TrainResult 
         return None
     if plan.world_size == 1:
         return train(plan, reporter, job.provenance, state)
-    layout = plan.layout
+    layout, job = plan.layout, replace(job, data=plan.data.to_json())  # rank 0 plans again, without re-scanning
     del plan, state  # the workers build their own; this process only supervises
     return launch(job, layout, reporter)
 

@@ -84,23 +84,23 @@ def select_amp(device: torch.device, enabled: bool) -> tuple[torch.dtype | None,
 def plan_training(config: Config, run_dir: Path | None = None, world: World | None = None,
                   data: DatasetInfo | None = None) -> Plan:
     """Validate data, device and output folder, and build the model. Writes nothing. ``run_dir``: an existing
-    run to continue (a new one is planned otherwise). ``world``: this process's place in a launched process group;
-    ``data``: rank 0's scan, which the other ranks reuse so that every rank indexes the same files (they skip the
-    scan and the output-folder check)."""
+    run to continue (a new one is planned otherwise). ``world``: this process's place in a launched process group.
+    ``data``: a scan made already (by iddm's launcher, or rank 0's for the other ranks, so that every rank indexes
+    the same files), used instead of scanning again. Only a process that writes (not a rank other than 0) checks
+    the output folder."""
     layout = plan_layout(config, world)
     world_size = world.size if world is not None and world.launched else layout.nproc
     device = layout.device(world)
     if data is None:
         data = scan_dataset(config.data.dataset_path, config.data.conditional, config.data.num_classes,
                             config.data.strict_data)
-        run_dir, dir_note = (run_dir, None) if run_dir else plan_run_dir(config.train.result_path,
-                                                                          config.train.run_name)
+    dir_note = None
+    if run_dir is None:
+        run_dir, dir_note = plan_run_dir(config.train.result_path, config.train.run_name)
+    if world is None or world.is_main:
         problem = check_writable(run_dir)
         if problem:
             raise ConfigError(f"train.result_path: cannot create {run_dir}: {problem}")
-    else:
-        assert run_dir is not None, "the other ranks get rank 0's run directory with its data"
-        dir_note = None
     amp_dtype, use_scaler, amp_note = select_amp(device, config.optim.amp)
     kwargs = {"in_channels": data.channels, "out_channels": data.channels,
               "base_channels": config.model.base_channels, "num_classes": len(data.class_names),

@@ -14,6 +14,7 @@ from typing import Any
 
 from iddm_cli.config import FIELDS, Config, config_from_dict
 from iddm_cli.config.loader import coerce
+from iddm_cli.data.folder import DatasetInfo
 from iddm_cli.errors import CheckpointError, ConfigError, DataError
 from iddm_cli.train.checkpoint import load_checkpoint
 from iddm_cli.train.distributed import World
@@ -52,11 +53,11 @@ def find_state(run_dir: Path, start_epoch: int = -1) -> tuple[Path, dict[str, An
                           + (f"; {notes[0]}" if notes else ""))
 
 
-def plan_resume(run_dir: str | Path, overrides: dict[str, Any], start_epoch: int = -1, world: World | None = None
-                ) -> tuple[Plan, dict[str, Any], list[str]]:
+def plan_resume(run_dir: str | Path, overrides: dict[str, Any], start_epoch: int = -1, world: World | None = None,
+                data: DatasetInfo | None = None) -> tuple[Plan, dict[str, Any], list[str]]:
     """(plan, state, notes). ``overrides`` are flag values by key; unchanged values are accepted, changed ones
     only when they are in RESUME_OVERRIDES (the device layout among them: a run may continue on another number
-    of processes). ``world``: this process's place in a launched group."""
+    of processes). ``world``: this process's place in a launched group; ``data``: a scan made already."""
     run = Path(run_dir).expanduser()
     toml = run / "config.toml"
     if not toml.is_file():
@@ -69,7 +70,7 @@ def plan_resume(run_dir: str | Path, overrides: dict[str, Any], start_epoch: int
         state_is = f"is the state after {done} epochs" + (f" and {position} batches" if position else "")
         raise ConfigError(f"{path} {state_is}, and the run has train.epochs = {config.train.epochs}: nothing is "
                           f"left to train; extend it with --epochs {done + 10}, for example")
-    plan = plan_training(config, run, world)
+    plan = plan_training(config, run, world, data)
     if plan.data.class_names != state["data"]["class_names"] or plan.data.channels != state["data"]["channels"]:
         raise DataError(f"the dataset at {config.data.dataset_path} no longer matches the run (classes or channels "
                         "changed); resume needs the data the run was started with")
