@@ -18,9 +18,9 @@ app = typer.Typer(
 app.add_typer(dm.app, name="dm")
 app.command(
     "resume", cls=IddmCommand,
-    help="Continue an interrupted run exactly where it stopped; the run directory is all it needs. Only --epochs, "
-         "--num-workers, save/preview/log intervals, --keep-last, --use-gpu, --strict-data and --max-nonfinite "
-         "may change.",
+    help="Continue an interrupted run exactly where it stopped; the run directory is all it needs. Only settings "
+         "that leave the computation unchanged may change: --epochs, --num-workers, save/preview/log intervals, "
+         "--keep-last, --strict-data, --max-nonfinite and the device settings (--devices/--nproc, ...).",
 )(with_config_options(dm.RESUME_OPTIONS, dm.resume_command))
 app.command("sample", cls=IddmCommand)(sample_command)
 app.add_typer(dataset.app, name="dataset")

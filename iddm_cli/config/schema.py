@@ -56,7 +56,8 @@ class DataConfig:
                        "hflip: resize plus random horizontal flips.", choices=C.AUGMENTS)
     batch_size: int = opt(2, "Images per step (per device, as in IDDM).", short="-b", ge=1)
     num_workers: int = opt(0, "DataLoader worker processes.", ge=0)
-    strict_data: bool = opt(False, "Stop at the first image that fails to decode instead of skipping and logging it.")
+    strict_data: bool = opt(False, "Stop at the first image that fails to decode instead of logging it and training "
+                                   "on the next image in its place.")
 
 
 @dataclass(kw_only=True)

@@ -185,7 +185,7 @@ def build_transforms(augment: str, size: tuple[int, int]) -> tuple[transforms.Co
 
 
 class ImageFolderDataset(Dataset):
-    """Yields (image in [-1, 1] of shape (C, H, W), label)."""
+    """Yields (image in [-1, 1] of shape (C, H, W), label, paths that failed to decode and were replaced)."""
 
     def __init__(self, info: DatasetInfo, augment: str, size: tuple[int, int], strict: bool = False,
                  seed: int = 0):
