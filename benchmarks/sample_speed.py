@@ -15,11 +15,11 @@ import time
 
 import torch
 
+from iddm_cli.core.checkpoint import load_checkpoint
 from iddm_cli.diffusion.oracle import GaussianOracle
-from iddm_cli.diffusion.samplers import SAMPLERS, guided_eps, sample, timesteps
+from iddm_cli.diffusion.samplers import SAMPLER_FNS, SAMPLERS, guided_eps, sample, timesteps
 from iddm_cli.diffusion.schedule import Diffusion
 from iddm_cli.nets import build_network
-from iddm_cli.train.checkpoint import load_checkpoint
 
 
 def speed_table(args: argparse.Namespace) -> None:
@@ -56,7 +56,7 @@ def accuracy_table() -> None:
         cells = []
         for nfe in nfes:
             steps = max(1, (nfe + 1) // 2 if spec.nfe_per_step == 2 else nfe)
-            out = spec.fn(guided_eps(oracle, None, 1.0), d, noise, timesteps(d, steps),
+            out = SAMPLER_FNS[name](guided_eps(oracle, None, 1.0), d, noise, timesteps(d, steps),
                           noise=lambda: torch.randn_like(noise))
             err = abs(out.mean().item() - target_mean) + abs(out.std().item() - target_std)
             cells.append(f"{err:.4f}")

@@ -1,16 +1,22 @@
 """The names users may choose between, kept free of torch so ``--help`` and completion stay instant.
 
-Each engine registry (networks, schedules, losses, ...) is keyed by exactly these names; a test holds them equal.
+Networks and samplers come from their registries' metadata (:mod:`iddm_cli.nets`, :mod:`iddm_cli.diffusion.registry`);
+the other engine registries (schedules, losses, optimizers, ...) are keyed by exactly these names, and a test holds
+them equal.
 """
 
-NETWORKS = ("unet", "cspdarkunet")
+from iddm_cli.diffusion.registry import SAMPLERS as _SAMPLERS
+from iddm_cli.nets import NETWORKS as _NETWORKS
+
+NETWORKS = tuple(_NETWORKS)
+SAMPLERS = tuple(_SAMPLERS)
 ACTIVATIONS = ("gelu", "silu", "relu", "relu6", "lrelu")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LOSSES = ("mse", "l1", "huber", "smooth_l1")
 LR_FUNCS = ("linear", "cosine", "warmup_cosine")
 NOISE_SCHEDULES = ("linear", "cosine", "sqrt_linear", "sqrt")
-SAMPLERS = ("ddpm", "ddim", "plms", "dpm2", "dpmpp", "dpmpp2m", "dpmpp3m")
 IMAGE_FORMATS = ("png", "jpg", "jpeg", "webp", "tif")
 AUGMENTS = ("iddm", "resize", "hflip")
 AUTOENCODERS = ("vae",)
 CONDITIONAL = ("auto", "true", "false")
+DATASET_KINDS = ("dm", "vae")

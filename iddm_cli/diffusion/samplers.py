@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
+from iddm_cli.diffusion.registry import SAMPLERS
 from iddm_cli.diffusion.schedule import Diffusion
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -213,30 +213,11 @@ def _multistep(order: int) -> Callable[..., torch.Tensor]:
     return sampler
 
 
-@dataclass(frozen=True)
-class SamplerSpec:
-    fn: Callable[..., torch.Tensor]
-    default_steps: int
-    nfe_per_step: int  # network evaluations per step (before the x2 of classifier-free guidance)
-    stochastic: bool
-    summary: str
-    first_step_extra: int = 0  # PLMS evaluates twice on its first step
-
-    def nfe(self, grid_len: int) -> int:
-        """Evaluations for a grid of ``grid_len`` steps; the final move to the clean image takes one."""
-        return self.nfe_per_step * (grid_len - 1) + 1 + (self.first_step_extra if grid_len > 1 else 0)
-
-
-# Default step counts follow IDDM.
-SAMPLERS: dict[str, SamplerSpec] = {
-    "ddpm": SamplerSpec(ddpm, 1000, 1, True, "ancestral DDPM (Ho et al. 2020), respaced below T steps"),
-    "ddim": SamplerSpec(ddim, 100, 1, False, "DDIM (Song et al. 2021); --eta > 0 adds noise"),
-    "plms": SamplerSpec(plms, 100, 1, False, "pseudo linear multistep, PNDM (Liu et al. 2022)", first_step_extra=1),
-    "dpm2": SamplerSpec(dpm2, 50, 2, False, "DPM-Solver-2 (Lu et al. 2022)"),
-    "dpmpp": SamplerSpec(dpmpp, 20, 2, False, "DPM-Solver++(2S) (Lu et al. 2022b)"),
-    "dpmpp2m": SamplerSpec(_multistep(2), 20, 1, False, "DPM-Solver++(2M) (Lu et al. 2022b)"),
-    "dpmpp3m": SamplerSpec(_multistep(3), 50, 1, False, "DPM-Solver++(3M) (Lu et al. 2022b)"),
+SAMPLER_FNS: dict[str, Callable[..., torch.Tensor]] = {
+    "ddpm": ddpm, "ddim": ddim, "plms": plms, "dpm2": dpm2, "dpmpp": dpmpp,
+    "dpmpp2m": _multistep(2), "dpmpp3m": _multistep(3),
 }
+assert SAMPLER_FNS.keys() == SAMPLERS.keys(), "every sampler needs its metadata in diffusion/registry.py"
 
 
 def guided_eps(model: torch.nn.Module, labels: torch.Tensor | None, cfg_scale: float) -> EpsFn:
@@ -268,4 +249,4 @@ def sample(model: torch.nn.Module, diffusion: Diffusion, noise: torch.Tensor, la
         return torch.stack([torch.randn(noise.shape[1:], generator=g) for g in generators]).to(noise.device)
 
     kwargs = {} if eta is None else {"eta": eta}
-    return spec.fn(guided_eps(model, labels, cfg_scale), diffusion, noise, ts, noise=fresh_noise, **kwargs)
+    return SAMPLER_FNS[sampler](guided_eps(model, labels, cfg_scale), diffusion, noise, ts, noise=fresh_noise, **kwargs)
