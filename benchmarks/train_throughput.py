@@ -22,9 +22,9 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from iddm_cli.config import resolve
+from iddm_cli.core.reporting import SilentReporter
+from iddm_cli.core.rundir import RunLogger
 from iddm_cli.train.engine import _Session, plan_training
-from iddm_cli.train.reporting import SilentReporter
-from iddm_cli.train.rundir import RunLogger
 
 
 def make_data(root: Path, size: int, classes: int = 10) -> Path:

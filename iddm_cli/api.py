@@ -15,8 +15,8 @@ from typing import Any
 
 from iddm_cli.config import FIELDS, Config, check_runnable, resolve
 from iddm_cli.config.loader import Resolved, suggest
+from iddm_cli.core.reporting import Reporter
 from iddm_cli.errors import ConfigError
-from iddm_cli.train.reporting import Reporter
 
 # IDDM flags that have no meaning here and are accepted when they carry IDDM's default value.
 IDDM_ONLY = {"mode": "class"}
@@ -50,8 +50,9 @@ class DMTrainer:
     def train(self) -> Any:
         """Train; returns a TrainResult (run_dir, steps, final_loss, checkpoint, previews). With several devices
         (--devices, or several GPUs) it starts one worker process per device, as the command does."""
-        from iddm_cli.train.launch import Job, execute
-        from iddm_cli.train.reporting import Reporter
+        from iddm_cli.core.reporting import Reporter
+        from iddm_cli.train.job import Job
+        from iddm_cli.train.launch import execute
 
         job = Job("new", config=self.config.to_dict(), provenance={"api": True, "sources": self.resolved.sources})
         return execute(job, self.reporter or Reporter())

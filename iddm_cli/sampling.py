@@ -10,7 +10,7 @@ import difflib
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,34 +18,17 @@ import torch
 from PIL import Image
 
 from iddm_cli import __version__
-from iddm_cli.choices import IMAGE_FORMATS
+from iddm_cli.config.commands import SampleConfig
+from iddm_cli.core.checkpoint import load_checkpoint, strip_prefix
+from iddm_cli.core.devices import parse_device, visible_gpus
+from iddm_cli.core.images import PIL_FORMATS, save_grid, to_uint8
+from iddm_cli.core.rundir import plan_run_dir
 from iddm_cli.diffusion.samplers import SAMPLERS, sample, timesteps
 from iddm_cli.diffusion.schedule import Diffusion
 from iddm_cli.errors import ConfigError
 from iddm_cli.nets import build_network
-from iddm_cli.train.checkpoint import load_checkpoint, strip_prefix
-from iddm_cli.train.devices import parse_device, visible_gpus
-from iddm_cli.train.preview import PIL_FORMATS, save_grid, to_uint8
-from iddm_cli.train.rundir import plan_run_dir
 
-
-@dataclass
-class SampleRequest:
-    checkpoint: str
-    sampler: str | None = None  # None: the sampler recorded in the checkpoint
-    steps: int | None = None  # None: the sampler's default
-    eta: float | None = None  # DDIM's eta (None: the sampler's default)
-    num: int = 8  # per selected class (conditional) or in total (unconditional)
-    class_names: list[str] = field(default_factory=list)
-    class_ids: list[int] = field(default_factory=list)
-    cfg_scale: float | None = None  # None: the checkpoint's
-    seed: int = 0
-    batch_size: int = 16
-    out: str | None = None
-    grid: bool = True
-    image_format: str = "png"
-    device: str = "auto"
-    ema: bool = True
+SampleRequest = SampleConfig  # the settings of one ``iddm sample`` call; defaults and bounds live in the schema
 
 
 @dataclass
@@ -77,11 +60,11 @@ def _labels(req: SampleRequest, meta: dict[str, Any]) -> list[int] | None:
     """The selected class ids (each repeated ``num`` times later); None for an unconditional model."""
     names: list[str] = meta["class_names"]
     if not meta["conditional"]:
-        if req.class_names or req.class_ids:
+        if req.class_name or req.class_id:
             raise ConfigError("--class-name/--class-id: this checkpoint is unconditional (it has no classes)")
         return None
     ids: list[int] = []
-    for name in req.class_names:
+    for name in req.class_name:
         if name in names:
             ids.append(names.index(name))
         elif name.isdigit() and int(name) < len(names):  # IDDM's --class_name took an index
@@ -90,7 +73,7 @@ def _labels(req: SampleRequest, meta: dict[str, Any]) -> list[int] | None:
             close = difflib.get_close_matches(name, names, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
             raise ConfigError(f"--class-name {name!r}: no such class; {hint}classes: {', '.join(names)}")
-    for i in req.class_ids:
+    for i in req.class_id:
         if not 0 <= i < len(names):
             raise ConfigError(f"--class-id {i}: expected 0..{len(names) - 1} ({len(names)} classes)")
         ids.append(i)
@@ -98,7 +81,8 @@ def _labels(req: SampleRequest, meta: dict[str, Any]) -> list[int] | None:
 
 
 def check_request(req: SampleRequest, ckpt: dict[str, Any]) -> tuple[str, int, float]:
-    """Validate against the checkpoint; returns (sampler, steps, cfg_scale)."""
+    """Validate against the checkpoint (the values alone were checked by the schema); returns (sampler, steps,
+    cfg_scale)."""
     sampler = req.sampler or ckpt["config"]["diffusion"]["sample"]
     if sampler not in SAMPLERS:
         close = difflib.get_close_matches(sampler, list(SAMPLERS), n=1)
@@ -110,20 +94,14 @@ def check_request(req: SampleRequest, ckpt: dict[str, Any]) -> tuple[str, int, f
         raise ConfigError(f"--steps {steps}: expected 1..{T} (the model was trained with T={T})")
     if req.cfg_scale is not None and not ckpt["data"]["conditional"]:
         raise ConfigError("--cfg-scale: this checkpoint is unconditional, so there is nothing to guide")
-    if req.cfg_scale is not None and req.cfg_scale < 0:
-        raise ConfigError(f"--cfg-scale {req.cfg_scale}: expected a value >= 0")
-    if req.eta is not None and req.eta < 0:
-        raise ConfigError(f"--eta {req.eta}: expected a value >= 0")
-    if req.num < 1 or req.batch_size < 1:
-        raise ConfigError("--num and --batch-size must be at least 1")
-    if req.image_format not in IMAGE_FORMATS:
-        raise ConfigError(f"--image-format {req.image_format!r}: choose from {', '.join(IMAGE_FORMATS)}")
     cfg = req.cfg_scale if req.cfg_scale is not None else float(ckpt["config"]["diffusion"]["cfg_scale"])
     return sampler, steps, cfg
 
 
 def generate(req: SampleRequest, progress: Callable[[int, int], None] | None = None) -> SampleResult:
     """Run a request end to end; ``progress(done, total)`` counts network evaluations."""
+    if not req.checkpoint:
+        raise ConfigError("give a checkpoint: iddm sample RUN_DIR or iddm sample path/to/ckpt_last.pt")
     path = resolve_checkpoint(req.checkpoint)
     ckpt = load_checkpoint(path)
     sampler, steps, cfg_scale = check_request(req, ckpt)

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from iddm_cli.api import DMTrainer
+from iddm_cli.core.checkpoint import load_checkpoint, load_pretrained, save_checkpoint
+from iddm_cli.core.reporting import SilentReporter
 from iddm_cli.errors import CheckpointError, ConfigError
 from iddm_cli.nets import build_network
-from iddm_cli.train.checkpoint import load_checkpoint, load_pretrained, save_checkpoint
-from iddm_cli.train.reporting import SilentReporter
 from tests.conftest import make_dataset
 
 TINY = {"image_size": 8, "base_channels": 4, "noise_steps": 20, "epochs": 1, "batch_size": 4,

@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from iddm_cli.api import DMTrainer
+from iddm_cli.core.checkpoint import load_checkpoint
+from iddm_cli.core.reporting import SilentReporter
 from iddm_cli.data.folder import EpochSampler
 from iddm_cli.errors import ConfigError, Interrupted
-from iddm_cli.train.checkpoint import load_checkpoint
-from iddm_cli.train.reporting import SilentReporter
 from tests.conftest import make_dataset
 from tests.test_dataset_check import truncated_jpeg
 from tests.test_resume import InterruptAt
@@ -45,6 +45,29 @@ def assert_same_weights(a: Path, b: Path) -> None:
     assert wa.keys() == wb.keys()
     differing = [k for k in wa if not torch.equal(wa[k], wb[k])]
     assert not differing, differing[:3]
+
+
+class Recorder(SilentReporter):
+    def __init__(self):
+        self.calls = []
+
+    def info(self, message):
+        self.calls.append(("info", (message,)))
+
+    def start_epoch(self, epoch, epochs, steps):
+        self.calls.append(("start_epoch", (epoch, epochs, steps)))
+
+    def step(self, done, loss):
+        self.calls.append(("step", (done, loss)))
+
+    def status(self, line):
+        self.calls.append(("status", (line,)))
+
+    def end_epoch(self, epoch, summary):
+        self.calls.append(("end_epoch", (epoch, summary)))
+
+    def close(self):
+        self.calls.append(("close", ()))
 
 
 # ----------------------------------------------------------------------------------------------- real runs
@@ -143,8 +166,15 @@ def test_ddp_resume_is_exact_and_may_change_the_number_of_processes(tmp_path):
     settings = {"dataset_path": str(data), "result_path": str(tmp_path), "image_size": 8, "base_channels": 4,
                 "noise_steps": 20, "epochs": 3, "batch_size": 2, "log_every": 1, "device": "cpu",
                 "lr_func": "warmup_cosine", "warmup_epochs": 0.5, "lr": 2e-3}
-    whole = DMTrainer(run_name="whole", devices=2, reporter=SilentReporter(), **settings).train()  # the API launches
+    recorder = Recorder()
+    whole = DMTrainer(run_name="whole", devices=2, reporter=recorder, **settings).train()  # the API launches
     assert whole.steps == 15 and whole.run_dir == tmp_path / "whole"
+    # rank 0's reports reach the caller's reporter through the launcher, nothing else prints them
+    kinds = [name for name, _ in recorder.calls]
+    assert kinds.count("end_epoch") == 3 and kinds.count("step") == 15 and kinds[-1] == "close"
+    infos = [args[0] for name, args in recorder.calls if name == "info"]
+    assert infos[0].startswith("starting 2 worker processes") and any(i.startswith("run dir:") for i in infos)
+    assert sum(name == "status" for name in kinds) == 15  # --log-every 1
 
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
     proc = subprocess.Popen([sys.executable, "-m", "iddm_cli", "dm", "train", *flags, "--run-name", "cut",
@@ -216,7 +246,7 @@ def test_rank_zero_plans_from_the_launchers_scan_without_scanning_again(tmp_path
     from iddm_cli.config import resolve
     from iddm_cli.data import folder
     from iddm_cli.train import plan as plan_module
-    from iddm_cli.train.launch import Job, prepare
+    from iddm_cli.train.job import Job, prepare
 
     data = make_dataset(tmp_path / "d", ["a", "b"], per_class=3)
     info = folder.scan_dataset(str(data))
@@ -264,8 +294,8 @@ def test_epoch_sampler_shards_cover_the_epoch_once_per_rank():
 
 def test_world_from_env_and_device_layouts(monkeypatch):
     from iddm_cli.config import resolve
+    from iddm_cli.core.devices import World, world_from_env
     from iddm_cli.train import devices
-    from iddm_cli.train.distributed import World, world_from_env
 
     assert world_from_env({}) is None
     w = world_from_env({"RANK": "5", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "8"})
@@ -327,7 +357,7 @@ def test_the_launcher_reports_the_first_real_failure(tmp_path):
 
 
 def test_a_node_without_the_run_directory_needs_the_device_to_resume(tmp_path):
-    from iddm_cli.train.launch import Job
+    from iddm_cli.train.job import Job
     from iddm_cli.train.worker import _device_settings
 
     with pytest.raises(ConfigError, match="cannot read .*config.toml; give the run's --device"):
@@ -358,8 +388,9 @@ def test_rank_prefix_under_torchrun(invoke, monkeypatch):
 def _consistency_worker(rank: int, store_path: str, out: str) -> None:
     import torch.distributed as tdist
 
+    from iddm_cli.core.devices import World
     from iddm_cli.errors import TrainingError
-    from iddm_cli.train.distributed import World, check_consistency
+    from iddm_cli.train.distributed import check_consistency
 
     tdist.init_process_group("gloo", store=tdist.FileStore(store_path, 2), rank=rank, world_size=2)
     lines = []

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from iddm_cli.api import DMTrainer
+from iddm_cli.core.checkpoint import load_checkpoint
+from iddm_cli.core.reporting import SilentReporter
 from iddm_cli.errors import ConfigError, Interrupted
-from iddm_cli.train.checkpoint import load_checkpoint
 from iddm_cli.train.engine import train
-from iddm_cli.train.reporting import SilentReporter
 from iddm_cli.train.resume import plan_resume
 from tests.conftest import make_dataset
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from iddm_cli.train import checkpoint as ckpt_module
+from iddm_cli.core import checkpoint as ckpt_module
+from iddm_cli.core.checkpoint import load_checkpoint, save_checkpoint
 from iddm_cli.train import objectives
-from iddm_cli.train.checkpoint import load_checkpoint, save_checkpoint
 from tests.conftest import TINY
 
 

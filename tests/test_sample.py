@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from iddm_cli.api import DMTrainer
 from iddm_cli.cli.app import app
+from iddm_cli.core.reporting import SilentReporter
 from iddm_cli.diffusion.samplers import SAMPLERS
-from iddm_cli.train.reporting import SilentReporter
 from tests.conftest import make_dataset
 
 TINY = {"image_size": 8, "base_channels": 4, "noise_steps": 20, "epochs": 1, "batch_size": 4,
@@ -105,9 +105,9 @@ def test_unconditional_and_raw_weights(runs, tmp_path):
     (["--class-name", "zebra"], "--class-name 'zebra': no such class; classes: cat, dog, owl"),
     (["--class-name", "dgo"], "did you mean 'dog'?"),
     (["--class-id", "3"], "--class-id 3: expected 0..2"),
-    (["--steps", "0"], "--steps 0: expected 1..20"),
+    (["--steps", "0"], "--steps 0: expected a value >= 1"),
     (["--steps", "21"], "--steps 21: expected 1..20"),
-    (["--sampler", "dpmpp2"], "did you mean 'dpmpp2m'?"),
+    (["--sampler", "dpmpp2"], "Invalid value for '--sampler'"),
     (["--device", "tpu"], "--device 'tpu'"),
 ])
 def test_bad_requests(runs, args, message):

@@ -9,9 +9,9 @@ import torch
 
 from iddm_cli import choices
 from iddm_cli.config import resolve
-from iddm_cli.train.checkpoint import load_checkpoint
+from iddm_cli.core.checkpoint import load_checkpoint
+from iddm_cli.core.reporting import SilentReporter
 from iddm_cli.train.engine import plan_training, train
-from iddm_cli.train.reporting import SilentReporter
 from tests.conftest import TINY, make_dataset
 
 

@@ -6,8 +6,9 @@ import typer
 
 from iddm_cli import __version__
 from iddm_cli.cli import dataset, dm
-from iddm_cli.cli.common import IddmCommand, with_config_options
+from iddm_cli.cli.common import IddmCommand, command_from
 from iddm_cli.cli.sample import sample_command
+from iddm_cli.config.commands import COMMANDS
 
 app = typer.Typer(
     name="iddm",
@@ -15,15 +16,16 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-app.add_typer(dm.app, name="dm")
+app.add_typer(dm.app, name="dm", short_help="Diffusion models: train.")
 app.command(
-    "resume", cls=IddmCommand,
-    help="Continue an interrupted run exactly where it stopped; the run directory is all it needs. Only settings "
-         "that leave the computation unchanged may change: --epochs, --num-workers, save/preview/log intervals, "
-         "--keep-last, --strict-data, --max-nonfinite and the device settings (--devices/--nproc, ...).",
-)(with_config_options(dm.RESUME_OPTIONS, dm.resume_command))
-app.command("sample", cls=IddmCommand)(sample_command)
-app.add_typer(dataset.app, name="dataset")
+    "resume", cls=IddmCommand, short_help="Continue an interrupted or finished run where it stopped.",
+    help="Continue an interrupted run exactly where it stopped; the run directory is all it needs. Only the settings "
+         "listed below may change: they leave the model, the data and the optimisation as they were.",
+)(command_from(COMMANDS["resume"], dm.resume_command))
+app.command("sample", cls=IddmCommand, short_help="Generate images from a checkpoint with any sampler.",
+            help="Generate images from a trained checkpoint. Network, schedule, size, channels and classes come "
+                 "from it.")(command_from(COMMANDS["sample"], sample_command))
+app.add_typer(dataset.app, name="dataset", short_help="Dataset tools: check.")
 
 
 def _version(value: bool) -> None:

@@ -1,4 +1,4 @@
-"""What every command shares: the stderr console, error reporting and config-derived options."""
+"""What every command shares: the stderr console, error reporting, and options built from the schema."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperCommand
 
-from iddm_cli.config.schema import FIELDS, FieldSpec
+from iddm_cli.config.fields import FieldSpec
 from iddm_cli.errors import ExitCode, IddmError
 
 err_console = Console(stderr=True, highlight=False)
@@ -63,38 +63,47 @@ def report_errors(fn: Callable[[], Any], debug: bool | None) -> Any:
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
 
 
-def field_option(spec: FieldSpec) -> inspect.Parameter:
-    """One typer option for a config key: ``--batch-size`` (IDDM's ``--batch_size`` is mapped by IddmCommand)."""
-    kebab = spec.name.replace("_", "-")
-    decls = [f"--{kebab}/--no-{kebab}" if spec.kind in ("bool", "tristate") else f"--{kebab}"]
-    if spec.short:
-        decls.append(spec.short)
-    if spec.alias:
-        decls.append(spec.alias)
-    kind = Literal[spec.choices] if spec.choices else _TYPES[spec.kind]  # Literal: choices shown and completed
-    default = "auto" if spec.kind == "tristate" else spec.default
-    help_text = f"{spec.help} (default: {format_default(default)})"
-    option = typer.Option(None, *decls, help=help_text, show_default=False,
-                          rich_help_panel=f"{spec.section} settings")
-    return inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY, default=option,
-                             annotation=Optional[kind])
+COMPLETERS: dict[str, Callable[[str], list[str]]] = {}  # FieldSpec.complete -> completer (registered below)
 
 
-def format_default(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value == "":
-        return "none"
-    return str(value)
+def _complete_profiles(incomplete: str) -> list[str]:
+    from iddm_cli.config.loader import available_profiles
+
+    return [name for name in available_profiles() if name.startswith(incomplete)]
 
 
-def with_config_options(extra: list[inspect.Parameter], body: Callable[..., Any]) -> Callable[..., Any]:
-    """A command function whose signature is ``extra`` followed by one option per config key."""
+COMPLETERS["profiles"] = _complete_profiles
+
+
+def parameter_for(spec: FieldSpec) -> inspect.Parameter:
+    """One Typer option (or argument) for a setting, all of it from the spec. Options default to None, so a
+    command knows which flags were given; the schema's default is what help shows."""
+    if spec.kind in ("strlist", "intlist"):
+        kind: Any = list[int] if spec.kind == "intlist" else list[str]
+    else:
+        kind = Literal[spec.choices] if spec.choices else _TYPES[spec.kind]  # Literal: choices shown and completed
+    if spec.argument:
+        default = typer.Argument(... if spec.required else None, metavar=spec.metavar, help=spec.help,
+                                 show_default=False)
+        return inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                 annotation=kind if spec.required else Optional[kind])
+    decls = [spec.flag]
+    if spec.kind in ("bool", "tristate") and spec.off != "":
+        decls = [f"{spec.flag}/{spec.off or '--no-' + spec.flag[2:]}"]
+    decls += [d for d in (spec.short, *spec.alias) if d]
+    shown = spec.default_text  # one style for every command: "(default: x)" after the help text
+    option = typer.Option(None, *decls, help=f"{spec.help} (default: {shown})" if shown else spec.help,
+                          show_default=False,
+                          metavar=spec.metavar, rich_help_panel=spec.panel, hidden=spec.hidden,
+                          autocompletion=COMPLETERS.get(spec.complete or ""))
+    return inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[kind])
+
+
+def command_from(specs: dict[str, FieldSpec], body: Callable[[dict[str, Any]], Any]) -> Callable[..., Any]:
+    """A Typer command function with one parameter per spec, calling ``body({name: value or None})``."""
 
     def command(**kwargs: Any) -> Any:
-        flags = {name: kwargs.pop(name) for name in FIELDS}
-        return body(flags=flags, **kwargs)
+        return body(kwargs)
 
-    params = extra + [field_option(spec) for spec in FIELDS.values()]
-    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__signature__ = inspect.Signature([parameter_for(spec) for spec in specs.values()])  # type: ignore
     return command

@@ -4,49 +4,40 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Optional
+from typing import Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from iddm_cli.cli.common import IddmCommand, err_console, report_errors
-from iddm_cli.errors import ConfigError, ExitCode
+from iddm_cli.cli.common import IddmCommand, command_from, err_console, report_errors
+from iddm_cli.config.commands import COMMANDS, DATASET_CHECK, DatasetCheckConfig
+from iddm_cli.errors import ExitCode
 
 app = typer.Typer(help="Dataset tools.", no_args_is_help=True)
 
 
-def check_command(
-    path: str = typer.Argument(..., metavar="PATH", help="The dataset folder (or builtin:fashion-mnist)."),
-    image_size: Optional[str] = typer.Option(None, "--image-size", "-i",
-                                             help="Training size (64 or H,W): smaller images are reported."),
-    kind: str = typer.Option("dm", "--kind", help="dm: class subfolders or a flat folder; vae: train/ and val/."),
-    as_json: bool = typer.Option(False, "--json", help="Write the report as JSON on stdout (schema in README)."),
-    deep: bool = typer.Option(False, "--deep/--quick", help="quick reads headers (default); deep decodes every image."),
-    debug: Optional[bool] = typer.Option(None, "--debug", help="Show tracebacks (also IDDM_DEBUG=1)."),
-) -> None:
+def check_command(options: dict[str, Any]) -> None:
     """Report everything wrong with a dataset before training: exit 0 (warnings allowed), 3 on errors."""
+    debug = options.pop("debug")
 
     def run() -> None:
-        from iddm_cli.config.loader import parse_image_size
+        from iddm_cli.config.loader import settings_from
 
-        if kind not in ("dm", "vae"):
-            raise ConfigError(f"--kind {kind!r}: expected dm or vae")
-        size = None
-        if image_size is not None:
-            parsed = parse_image_size(image_size)
-            if parsed is None:
-                raise ConfigError(f"--image-size {image_size!r}: expected 64 or H,W")
-            size = (parsed, parsed) if isinstance(parsed, int) else tuple(parsed)
+        settings: DatasetCheckConfig = settings_from(DatasetCheckConfig, DATASET_CHECK, options)
+        size = settings.image_size
+        if isinstance(size, int):
+            size = (size, size)
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
         from iddm_cli.data.check import check_dataset, summarise
 
         with Progress(TextColumn("checking"), BarColumn(), MofNCompleteColumn(), console=err_console,
-                      disable=as_json or not err_console.is_terminal) as bar:
+                      disable=settings.json or not err_console.is_terminal) as bar:
             task = bar.add_task("check", total=None)
-            report = check_dataset(path, size, kind, deep, lambda d, t: bar.update(task, completed=d, total=t))
-        if as_json:
+            report = check_dataset(settings.path, tuple(size) if size else None, settings.kind, settings.deep,
+                                   lambda d, t: bar.update(task, completed=d, total=t))
+        if settings.json:
             sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
         else:
             _print(report, summarise(report))
@@ -72,4 +63,6 @@ def _print(report, summary: str) -> None:
     err_console.print(summary, markup=False, highlight=False)
 
 
-app.command("check", cls=IddmCommand)(check_command)
+app.command("check", cls=IddmCommand, short_help="Validate a dataset before training.",
+            help="Report everything wrong with a dataset before training: exit 0 (warnings allowed), 3 on errors.",
+            )(command_from(COMMANDS["dataset check"], check_command))

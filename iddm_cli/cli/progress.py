@@ -15,7 +15,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from iddm_cli.train.reporting import Reporter
+from iddm_cli.core.reporting import Reporter
 
 
 class SpeedColumn(ProgressColumn):

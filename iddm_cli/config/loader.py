@@ -7,9 +7,10 @@ from (file, ``--set`` or flag), its dotted key, the value and what was expected.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import tomli_w
 from iddm_cli import __version__
 from iddm_cli.config.schema import FIELDS, SECTIONS, Config, FieldSpec
 from iddm_cli.errors import ConfigError
+from iddm_cli.nets import NETWORKS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -220,6 +222,16 @@ def coerce(spec: FieldSpec, value: Any) -> tuple[Any, str | None]:
         return None, 'true, false or "auto"'
     if k == "bool":
         return (value, None) if isinstance(value, bool) else (None, "true or false")
+    if k in ("strlist", "intlist"):
+        items = value if isinstance(value, (list, tuple)) else [value]
+        item_spec = replace(spec, kind=k.removesuffix("list"))
+        out = []
+        for item in items:
+            item, expected = coerce(item_spec, item)
+            if expected is not None:
+                return None, f"a list of {expected.removeprefix('a ').removeprefix('an ')}"
+            out.append(item)
+        return out, None
     if k == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             return None, "an integer"
@@ -227,6 +239,8 @@ def coerce(spec: FieldSpec, value: Any) -> tuple[Any, str | None]:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return None, "a number"
         value = float(value)
+        if not math.isfinite(value):  # NaN compares false with every bound, so it would pass them all
+            return None, "a finite number"
     elif k == "str" and not isinstance(value, str):
         return None, "a string"
     if spec.choices and value not in spec.choices:
@@ -278,6 +292,23 @@ def resolve(profile: str | None = None, sets: list[str] | tuple[str, ...] = (),
     if errors:
         raise ConfigError(*errors)
     return Resolved(build_config(values), sources, files)
+
+
+def settings_from(cls: type, specs: dict[str, FieldSpec], flags: dict[str, Any]) -> Any:
+    """One command's settings (a dataclass of :mod:`iddm_cli.config.commands`) from its flag values: a flag left
+    out (None) keeps the schema's default; every value given is checked, and all problems are raised at once."""
+    errors, values = [], {}
+    for name, spec in specs.items():
+        raw = flags.get(name)
+        if raw is None or raw == []:
+            continue
+        value, expected = coerce(spec, raw)
+        if expected is not None:
+            errors.append(f"{spec.flag} {raw!r}: expected {expected}")
+        values[name] = value
+    if errors:
+        raise ConfigError(*errors)
+    return cls(**values)
 
 
 def build_config(values: dict[str, Any]) -> Config:
@@ -342,11 +373,12 @@ def check_runnable(resolved: Resolved) -> None:
         bad("pretrain", "needs --pretrain-path FILE")
     if c.train.pretrain_path and not c.train.pretrain:
         bad("pretrain_path", "is set but --pretrain is not: add --pretrain, or drop the path")
-    multiple = 8 if c.model.network == "cspdarkunet" else 4  # 4 attention heads on the narrowest stage
+    net = NETWORKS[c.model.network]  # the network's own size rules, from its registry entry
+    multiple = net.width_multiple
     if c.model.base_channels % multiple:
         bad("base_channels", f"{c.model.base_channels} is not a multiple of {multiple}, which {c.model.network} "
                              "needs (its attention has 4 heads)")
-    divisor = 16 if c.model.network == "cspdarkunet" else 8
+    divisor = net.size_divisor
     h, w = image_hw(c)
     if h % divisor or w % divisor:
         bad("image_size", f"{h}x{w} is not divisible by {divisor}, which the {c.model.network} network needs "

@@ -5,75 +5,67 @@ the shipped profiles, ``config.toml`` in a run directory and the checkpoint meta
 classes. Key names are unique across sections, so each key is also a flag (``batch_size`` -> ``--batch-size`` and
 IDDM's ``--batch_size``) and ``--set batch_size=16`` works as well as ``--set data.batch_size=16``.
 
-Every IDDM diffusion-training flag has a field here with the same name and meaning. A few fields belong to
-capability a later release brings (latent diffusion); setting them is refused with a message by
-:func:`iddm_cli.config.loader.check_runnable` instead of being silently ignored.
+Every IDDM diffusion-training flag has a field here with the same name and meaning (``compat``: shown in the
+IDDM compatibility panel). A field marked ``resumable`` may change when a run resumes: that mark alone makes
+``iddm resume``'s options and rules. A few fields belong to capability a later release brings (latent diffusion):
+they are hidden from help, and setting them is refused with a message by
+:func:`iddm_cli.config.loader.check_runnable` instead of being silently ignored. The options of the other commands
+(``sample``, ``dataset check``, ``resume``) are declared the same way in :mod:`iddm_cli.config.commands`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from iddm_cli import choices as C
-
-
-def opt(
-    default: Any,
-    help: str,
-    *,
-    kind: str | None = None,
-    choices: tuple[str, ...] | None = None,
-    short: str | None = None,
-    ge: float | None = None,
-    gt: float | None = None,
-    le: float | None = None,
-    alias: str | None = None,
-) -> Any:
-    """A config field with its metadata. ``kind`` is int|float|str|bool|size|tristate|device|count (inferred from
-    the default); ``alias`` is a second long flag."""
-    kind = kind or type(default).__name__
-    meta = {"help": help, "kind": kind, "choices": choices, "short": short, "ge": ge, "gt": gt, "le": le,
-            "alias": alias}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
-    return field(default=default, metadata=meta)
+from iddm_cli.config.fields import FieldSpec, opt, specs_of
+from iddm_cli.nets import NETWORKS
 
 
 @dataclass(kw_only=True)
 class DataConfig:
+    PANEL: ClassVar[str] = "Data"
+
     dataset_path: str = opt(
         "", "Image folder: class subfolders train a conditional model, a folder of images an unconditional one. "
-        "'builtin:fashion-mnist' is the embedded demo set."
+        "'builtin:fashion-mnist' is the embedded demo set.", metavar="DIR"
     )
     image_size: Any = opt(64, "Training size: 64 or H,W (IDDM spellings [64,32] and (64,32) parse too).",
-                          kind="size", short="-i")
+                          kind="size", short="-i", metavar="SIZE")
     conditional: Any = opt("auto", "Class-conditional training; auto = conditional when the folder has 2+ class "
                            "subfolders.", kind="tristate", short="-c")
     num_classes: int = opt(0, "Expected number of classes (0 = count the class subfolders).", ge=0)
     augment: str = opt("iddm", "iddm: resize to 1.25x then RandomResizedCrop(0.8-1.0); resize: plain resize; "
                        "hflip: resize plus random horizontal flips.", choices=C.AUGMENTS)
     batch_size: int = opt(2, "Images per step (per device, as in IDDM).", short="-b", ge=1)
-    num_workers: int = opt(0, "DataLoader worker processes.", ge=0)
+    num_workers: int = opt(0, "DataLoader worker processes.", ge=0, resumable=True)
     strict_data: bool = opt(False, "Stop at the first image that fails to decode instead of logging it and training "
-                                   "on the next image in its place.")
+                                   "on the next image in its place.", resumable=True)
 
 
 @dataclass(kw_only=True)
 class ModelConfig:
+    PANEL: ClassVar[str] = "Model"
+
     network: str = opt("unet", "Denoising network.", choices=C.NETWORKS)
     base_channels: int = opt(64, "Network width: channels of the first U-Net stage (64 = IDDM's unet; "
-                             "cspdarkunet uses half of it at its stem). Multiple of 4 (8 for cspdarkunet).", ge=4)
+                             "cspdarkunet uses half of it at its stem). "
+                             + "; ".join(f"{name}: a multiple of {net.width_multiple}, image sides divisible by "
+                                         f"{net.size_divisor}" for name, net in NETWORKS.items()) + ".", ge=4)
     act: str = opt("gelu", "Activation used throughout the network.", choices=C.ACTIVATIONS)
     latent: bool = opt(False, "Latent diffusion through a frozen autoencoder (not available in this release).",
-                       short="-l")
-    autoencoder_network: str = opt("vae", "Autoencoder network for latent diffusion.", choices=C.AUTOENCODERS)
-    autoencoder_ckpt: str = opt("", "Autoencoder checkpoint for latent diffusion.")
+                       short="-l", hidden=True)
+    autoencoder_network: str = opt("vae", "Autoencoder network for latent diffusion.", choices=C.AUTOENCODERS,
+                                   hidden=True)
+    autoencoder_ckpt: str = opt("", "Autoencoder checkpoint for latent diffusion.", metavar="FILE", hidden=True)
 
 
 @dataclass(kw_only=True)
 class DiffusionConfig:
+    PANEL: ClassVar[str] = "Diffusion"
+
     noise_steps: int = opt(1000, "Diffusion steps T.", ge=2)
     noise_schedule: str = opt("linear", "Beta schedule.", choices=C.NOISE_SCHEDULES)
     sample: str = opt("ddpm", "Default sampler recorded in the checkpoint for `iddm sample`; training previews "
@@ -85,6 +77,8 @@ class DiffusionConfig:
 
 @dataclass(kw_only=True)
 class OptimConfig:
+    PANEL: ClassVar[str] = "Optimisation"
+
     optim: str = opt("adamw", "Optimizer.", choices=C.OPTIMIZERS)
     lr: float = opt(3e-4, "Peak learning rate.", gt=0.0)
     lr_func: str = opt("linear", "Learning-rate schedule, computed every step: linear = constant (IDDM), cosine, "
@@ -99,54 +93,69 @@ class OptimConfig:
 
 @dataclass(kw_only=True)
 class TrainConfig:
+    PANEL: ClassVar[str] = "Training"
+
     seed: int = opt(0, "Random seed.", ge=0)
-    epochs: int = opt(300, "Epochs to train.", short="-e", ge=1)
-    run_name: str = opt("df", "Run directory name under result_path.", short="-n")
-    result_path: str = opt("results", "Folder that holds run directories.")
-    log_every: int = opt(50, "Steps between status lines and metrics.jsonl records.", ge=1)
+    epochs: int = opt(300, "Epochs to train.", short="-e", ge=1, resumable=True)
+    run_name: str = opt("df", "Run directory name under result_path.", short="-n", metavar="NAME")
+    result_path: str = opt("results", "Folder that holds run directories.", metavar="DIR")
+    log_every: int = opt(50, "Steps between status lines and metrics.jsonl records.", ge=1, resumable=True)
     max_nonfinite: int = opt(20, "Stop after this many steps in a row with a non-finite loss or gradient "
-                             "(each one is skipped).", ge=1)
+                             "(each one is skipped).", ge=1, resumable=True)
     resume: bool = opt(False, "Continue the run result_path/run_name where it stopped (like `iddm resume`).",
-                       short="-r")
+                       short="-r", compat=True)
     start_epoch: int = opt(-1, "With resume: continue from ckpt_NNN.pt, the state after N epochs (-1 = the newest "
-                           "state).", ge=-1)
+                           "state).", ge=-1, metavar="N", compat=True)
     pretrain: bool = opt(False, "Initialise the network from --pretrain-path.")
-    pretrain_path: str = opt("", "Checkpoint whose weights initialise the network.")
+    pretrain_path: str = opt("", "Checkpoint whose weights initialise the network.", metavar="FILE")
 
 
 @dataclass(kw_only=True)
 class SaveConfig:
-    save_model_interval: bool = opt(False, "Also keep ckpt_NNN.pt every save_model_interval_epochs epochs.")
-    save_model_interval_epochs: int = opt(10, "Epochs between kept checkpoints.", ge=1)
-    start_model_interval: int = opt(-1, "Keep interval checkpoints only after this many epochs.", ge=-1)
-    keep_last: int = opt(0, "Keep only the newest N interval checkpoints ckpt_NNN.pt (0 = keep all).", ge=0)
+    PANEL: ClassVar[str] = "Checkpoints"
+
+    save_model_interval: bool = opt(False, "Also keep ckpt_NNN.pt every save_model_interval_epochs epochs.",
+                                    resumable=True)
+    save_model_interval_epochs: int = opt(10, "Epochs between kept checkpoints.", ge=1, resumable=True)
+    start_model_interval: int = opt(-1, "Keep interval checkpoints only after this many epochs.", ge=-1,
+                                    resumable=True)
+    keep_last: int = opt(0, "Keep only the newest N interval checkpoints ckpt_NNN.pt (0 = keep all).", ge=0,
+                         resumable=True)
 
 
 @dataclass(kw_only=True)
 class VisConfig:
-    vis: bool = opt(False, "Write a sample grid from the EMA weights during training.", short="-v")
-    vis_interval: int = opt(1, "Epochs between sample grids (the last epoch always gets one).", ge=1)
+    PANEL: ClassVar[str] = "Previews"
+
+    vis: bool = opt(False, "Write a sample grid from the EMA weights during training.", short="-v", resumable=True)
+    vis_interval: int = opt(1, "Epochs between sample grids (the last epoch always gets one).", ge=1,
+                            resumable=True)
     num_vis: int = opt(-1, "Images per class in the grid (conditional) or in total (unconditional); -1 = 8.",
-                       ge=-1)
-    vis_steps: int = opt(50, "DDIM steps for the preview grid.", ge=1)
-    image_format: str = opt("png", "Format of sample grids.", choices=C.IMAGE_FORMATS)
+                       ge=-1, resumable=True)
+    vis_steps: int = opt(50, "DDIM steps for the preview grid.", ge=1, resumable=True)
+    image_format: str = opt("png", "Format of sample grids.", choices=C.IMAGE_FORMATS, resumable=True)
 
 
 @dataclass(kw_only=True)
 class DeviceConfig:
+    PANEL: ClassVar[str] = "Devices"
+
     device: str = opt("auto", "auto (CUDA when present, else CPU), cpu, cuda (the GPUs --devices picks) or cuda:N "
-                              "(one GPU).", kind="device")
+                              "(one GPU).", kind="device", metavar="auto|cpu|cuda|cuda:N",
+                          resumable=True)
     devices: Any = opt("all", "How many processes: all = every visible GPU (1 on CPU); N > 1 starts N DDP workers "
-                              "(gloo processes on CPU). 1 turns multi-GPU off.", kind="count", alias="--nproc")
+                              "(gloo processes on CPU). 1 turns multi-GPU off.", kind="count", alias="--nproc",
+                      metavar="all|N", resumable=True)
     use_gpu: int = opt(-1, "IDDM's GPU index: the same as --device cuda:N (-1 = not set). Without a GPU, CPU is used.",
-                       ge=-1)
+                       ge=-1, metavar="N", compat=True, resumable=True)
     distributed: bool = opt(False, "IDDM's DDP switch: the same as --devices all, or --devices WORLD_SIZE when "
-                                   "--world-size is given.")
-    main_gpu: int = opt(0, "IDDM's saving rank: accepted, but rank 0 always writes (it changes nothing else).", ge=0)
+                                   "--world-size is given.", compat=True, resumable=True)
+    main_gpu: int = opt(0, "IDDM's saving rank: accepted, but rank 0 always writes (it changes nothing else).", ge=0,
+                       metavar="N", compat=True, resumable=True)
     world_size: int = opt(0, "IDDM's DDP process count: with --distributed, the same as --devices N (0 = all GPUs).",
-                          ge=0)
+                          ge=0, metavar="N", compat=True, resumable=True)
     dist_timeout: int = opt(30, "Minutes a process waits for the others at a collective before the run fails.",
-                            ge=1)
+                            ge=1, metavar="MIN", resumable=True)
 
 
 SECTIONS: dict[str, type] = {
@@ -176,41 +185,4 @@ class Config:
         return dataclasses.asdict(self)
 
 
-@dataclass(frozen=True)
-class FieldSpec:
-    """Everything known about one key: where it lives, its default and its metadata."""
-
-    section: str
-    name: str
-    default: Any
-    kind: str
-    help: str
-    choices: tuple[str, ...] | None
-    short: str | None
-    ge: float | None
-    gt: float | None
-    le: float | None
-    alias: str | None
-
-    @property
-    def dotted(self) -> str:
-        return f"{self.section}.{self.name}"
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-
-def _specs() -> dict[str, FieldSpec]:
-    specs: dict[str, FieldSpec] = {}
-    for section, cls in SECTIONS.items():
-        instance = cls()
-        for f in dataclasses.fields(cls):
-            m = f.metadata
-            assert f.name not in specs, f"config key {f.name} is defined twice"
-            specs[f.name] = FieldSpec(section, f.name, getattr(instance, f.name), m["kind"], m["help"],
-                                      m["choices"], m["short"], m["ge"], m["gt"], m["le"], m["alias"])
-    return specs
-
-
-FIELDS: dict[str, FieldSpec] = _specs()  # key name -> spec, in section order
+FIELDS: dict[str, FieldSpec] = specs_of(SECTIONS)  # key name -> spec, in section order

@@ -1,7 +1,11 @@
-"""How the engine talks to people: a small interface the CLI implements with Rich, and a plain default."""
+"""How the engines talk to people: a small interface the CLI implements with Rich, a plain default, and the pipe
+that carries a self-launched worker's reports to the process that started it."""
 
 from __future__ import annotations
 
+import json
+import os
+import select
 import sys
 from typing import Any
 
@@ -35,3 +39,84 @@ class SilentReporter(Reporter):
 
     def status(self, line: str) -> None:
         pass
+
+
+FORWARDED = ("info", "start_epoch", "step", "status", "end_epoch")  # the calls a worker sends to its launcher
+
+
+class ForwardingReporter(Reporter):
+    """Rank 0 of a self-launched run: each call travels as one JSON line through a pipe to the launcher, which
+    replays it on the reporter its caller gave (Rich on the command line, anything through the Python API)."""
+
+    def __init__(self, fd: int):
+        self.stream: Any = os.fdopen(fd, "wb", buffering=0)
+
+    def _send(self, name: str, *args: Any) -> None:
+        if self.stream is None:
+            return
+        try:
+            self.stream.write((json.dumps([name, *args]) + "\n").encode())
+        except OSError:  # the launcher is gone (it sends SIGTERM as it dies): keep training quietly until then
+            self.stream = None
+
+    def info(self, message: str) -> None:
+        self._send("info", message)
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
+        self._send("start_epoch", epoch, epochs, steps)
+
+    def step(self, done: int, loss: float) -> None:
+        self._send("step", done, loss)
+
+    def status(self, line: str) -> None:
+        self._send("status", line)
+
+    def end_epoch(self, epoch: int, summary: dict[str, Any]) -> None:
+        self._send("end_epoch", epoch, summary)
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+
+
+class Relay:
+    """The launcher's end of a :class:`ForwardingReporter` pipe: replays complete lines on ``reporter``."""
+
+    def __init__(self, fd: int, reporter: Reporter):
+        self.fd, self.reporter, self.pending = fd, reporter, b""
+        os.set_blocking(fd, False)
+
+    def pump(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for output and replay what arrived."""
+        if self.fd < 0 or not select.select([self.fd], [], [], timeout)[0]:
+            return
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:  # every writer closed its end
+                os.close(self.fd)
+                self.fd = -1
+                break
+            self.pending += chunk
+        *lines, self.pending = self.pending.split(b"\n")
+        for line in lines:
+            name, *args = json.loads(line)
+            if name in FORWARDED:
+                getattr(self.reporter, name)(*args)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.pump(0)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def build_reporter(kind: str) -> Reporter:
+    """A worker's reporter, by the name its job carries: forward (to iddm's launcher), plain or silent."""
+    if kind == "forward" and os.environ.get("IDDM_REPORT_FD"):
+        return ForwardingReporter(int(os.environ["IDDM_REPORT_FD"]))
+    return SilentReporter() if kind == "silent" else Reporter()

@@ -9,12 +9,9 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from iddm_cli.config import to_toml
-
-if TYPE_CHECKING:
-    from iddm_cli.train.plan import Plan
+from iddm_cli.config import Config, to_toml
 
 RUN_MARKER = ".iddm-run"  # created exclusively: the run directory belongs to the process that made it
 
@@ -42,22 +39,21 @@ def check_writable(path: Path) -> str | None:
     return None
 
 
-def create_run_dir(plan: Plan, launch_id: str = "") -> Path:
-    """Create the planned folder and claim it with an exclusive marker file (holding ``launch_id``, torchrun's
-    run id, so that a restarted launch finds it again); if another run took the name meanwhile (two launches at
-    once), take the next free one."""
+def claim_run_dir(run_dir: Path, result_path: str, run_name: str, launch_id: str = "") -> Path:
+    """Create ``run_dir`` and claim it with an exclusive marker file (holding ``launch_id``, torchrun's run id, so
+    that a restarted launch finds it again); if another run took the name meanwhile (two launches at once), take
+    the next free ``result_path/run_name-N``. Returns the folder claimed."""
     while True:
         try:
-            plan.run_dir.mkdir(parents=True, exist_ok=True)  # an empty folder (made by hand, say) is free to use
-            fd = os.open(plan.run_dir / RUN_MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            run_dir.mkdir(parents=True, exist_ok=True)  # an empty folder (made by hand, say) is free to use
+            fd = os.open(run_dir / RUN_MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             try:
                 os.write(fd, launch_id.encode())
             finally:
                 os.close(fd)
-            plan.claimed = True
-            return plan.run_dir
+            return run_dir
         except FileExistsError:
-            plan.run_dir, _ = plan_run_dir(plan.config.train.result_path, plan.config.train.run_name)
+            run_dir, _ = plan_run_dir(result_path, run_name)
 
 
 def find_launch_run(result_path: str, run_name: str, launch_id: str) -> Path | None:
@@ -72,16 +68,14 @@ def find_launch_run(result_path: str, run_name: str, launch_id: str) -> Path | N
     return None
 
 
-def write_run_files(plan: Plan, provenance: dict[str, Any] | None, resuming: bool) -> None:
+def write_run_files(run_dir: Path, config: Config, classes: dict[str, Any], provenance: dict[str, Any] | None,
+                    resuming: bool) -> None:
     """config.toml (every start, so a resumed run records its overrides), cli.json and classes.json."""
-    run_dir = plan.run_dir
-    (run_dir / "config.toml").write_text(to_toml(plan.config), encoding="utf-8")
+    (run_dir / "config.toml").write_text(to_toml(config), encoding="utf-8")
     if resuming:
         return
     (run_dir / "cli.json").write_text(json.dumps({"argv": sys.argv, **(provenance or {})}, indent=2) + "\n",
                                       encoding="utf-8")
-    classes = {"conditional": plan.data.conditional, "class_names": plan.data.class_names,
-               "class_counts": plan.data.class_counts, "images": len(plan.data.samples)}
     (run_dir / "classes.json").write_text(json.dumps(classes, indent=2) + "\n", encoding="utf-8")
 
 

@@ -1,4 +1,4 @@
-"""Process groups: which process this is (:class:`World`), joining the group a launcher set up, and the few
+"""Process groups: joining the group a launcher set up, and the few
 collectives the trainers use.
 
 Every rank enters every collective at the same point of the loop, so nothing here waits on rank 0 alone. A failure
@@ -11,50 +11,17 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
+from iddm_cli.core.devices import World
 from iddm_cli.errors import ConfigError, TrainingError, first_line
 
 T = TypeVar("T")
 _OBJECT_GROUP: Any = None  # a gloo group for object collectives when the main group is NCCL
-
-
-@dataclass(frozen=True)
-class World:
-    rank: int = 0
-    local_rank: int = 0
-    size: int = 1
-    local_size: int = 1
-    launched: bool = False  # started by torchrun or by iddm's own launcher: there is a process group to join
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-SINGLE = World()
-
-
-def world_from_env(env: dict[str, str] | None = None) -> World | None:
-    """The place a launcher (torchrun, iddm's own, a Slurm wrapper) gave this process, or None when there is none."""
-    env = dict(os.environ) if env is None else env
-    if "RANK" not in env or "WORLD_SIZE" not in env:
-        return None
-    try:
-        rank, size = int(env["RANK"]), int(env["WORLD_SIZE"])
-        local_rank = int(env.get("LOCAL_RANK", rank))
-        local_size = int(env.get("LOCAL_WORLD_SIZE", size))
-    except ValueError:
-        raise ConfigError(f"environment: RANK={env['RANK']!r}, WORLD_SIZE={env['WORLD_SIZE']!r}, LOCAL_RANK and "
-                          "LOCAL_WORLD_SIZE must be integers") from None
-    if not 0 <= rank < size:
-        raise ConfigError(f"environment: RANK={rank} is outside WORLD_SIZE={size}")
-    return World(rank, local_rank, size, local_size, launched=True)
 
 
 class PeerLost(TrainingError):

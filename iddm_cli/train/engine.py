@@ -24,20 +24,21 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from iddm_cli.core import checkpoint as ckpt
+from iddm_cli.core.devices import SINGLE, World
+from iddm_cli.core.images import save_grid
+from iddm_cli.core.reporting import Reporter, SilentReporter
+from iddm_cli.core.rundir import NullLogger, RunLogger, write_run_files
 from iddm_cli.data.folder import EpochSampler, ImageFolderDataset, collate
 from iddm_cli.diffusion.schedule import Diffusion
 from iddm_cli.errors import Interrupted, TrainingError
-from iddm_cli.train import checkpoint as ckpt
 from iddm_cli.train import distributed as dist
-from iddm_cli.train.distributed import SINGLE, World
 from iddm_cli.train.ema import EMA
 from iddm_cli.train.objectives import LOSSES, LR_FUNCS, OPTIMIZERS
 from iddm_cli.train.plan import Plan, plan_training
-from iddm_cli.train.preview import save_grid, sharded_sample
-from iddm_cli.train.reporting import Reporter, SilentReporter
-from iddm_cli.train.rundir import NullLogger, RunLogger, create_run_dir, write_run_files
+from iddm_cli.train.preview import sharded_sample
 
-__all__ = ["Plan", "TrainResult", "create_run_dir", "plan_training", "train"]  # re-exported for callers
+__all__ = ["Plan", "TrainResult", "plan_training", "train"]  # re-exported for callers
 
 
 
@@ -90,32 +91,44 @@ class _Session:
         self.bad_files: set[str] = set()  # files that failed to decode; replaced, never a crash
         self.previews: list[Path] = []
 
-    # one optimizer step ------------------------------------------------------------------------------------
+    # one optimizer step, in numbered phases ---------------------------------------------------------------------
     def train_step(self, x0: torch.Tensor, y: torch.Tensor, sched_step: int) -> tuple[float, float, float] | None:
         """Returns (loss averaged over ranks, grad norm, lr), or None when the step was skipped for a non-finite
-        value. ``sched_step``: the position in the learning-rate schedule (epoch * steps_per_epoch + batch)."""
+        value. ``sched_step``: the position in the learning-rate schedule (epoch * steps_per_epoch + batch).
+        Phases 1-5 are one process's computation; the agreement between ranks sits between them and the update."""
+        loss, grad_norm, lr = self.compute_gradients(x0, y, sched_step)
+        loss_value, grad_value = self._agree(loss, grad_norm)  # DDP bookkeeping: the step's one CPU-GPU sync
+        return self.apply_update(loss_value, grad_value, lr)
+
+    def compute_gradients(self, x0: torch.Tensor, y: torch.Tensor,
+                          sched_step: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Phases 1-5: (loss, gradient norm) as device tensors, and the learning rate set for this step."""
         c, b = self.c, x0.shape[0]
+
+        # 1. noise level, noise and label dropout, all from this step's own generator (seed, rank, step)
         x0 = x0.to(self.device, non_blocking=True)  # (B, C, H, W) in [-1, 1]
         g = step_generator(c.train.seed, self.step, self.device, self.world.rank)
-        t = torch.randint(0, self.diffusion.T, (b,), device=self.device, generator=g)
-        noise = torch.randn(x0.shape, device=self.device, generator=g)
+        t = torch.randint(0, self.diffusion.T, (b,), device=self.device, generator=g)  # (B,)
+        noise = torch.randn(x0.shape, device=self.device, generator=g)  # (B, C, H, W)
         labels = None
-        if self.plan.data.conditional:  # per-sample label dropout to the null class (classifier-free guidance)
-            labels = y.to(self.device, non_blocking=True)
+        if self.plan.data.conditional:  # per-sample dropout to the null class (classifier-free guidance)
+            labels = y.to(self.device, non_blocking=True)  # (B,)
             drop = torch.rand(b, device=self.device, generator=g) < c.diffusion.cfg_dropout
             labels = torch.where(drop, torch.full_like(labels, len(self.plan.data.class_names)), labels)
-        x_t = self.diffusion.q_sample(x0, t, noise)
+        x_t = self.diffusion.q_sample(x0, t, noise)  # (B, C, H, W)
 
-        # lr for this step (per step, not per epoch; the first step already trains)
+        # 2. learning rate, per step (not per epoch; the first step already trains)
         lr = c.optim.lr * self.lr_func(sched_step, self.plan.total_steps, self.warmup)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-        # forward, backward
+        # 3. forward: predict the noise (under DDP, self.net is the wrapper that averages gradients in backward)
         with torch.autocast(self.device.type, dtype=self.plan.amp_dtype or torch.float32,
                             enabled=self.plan.amp_dtype is not None):
-            pred = self.net(x_t, t, labels)
+            pred = self.net(x_t, t, labels)  # (B, C, H, W)
         loss = self.loss_fn(pred.float(), noise)
+
+        # 4. backward (scaled under fp16, then unscaled so that clipping sees true gradients)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -123,11 +136,16 @@ class _Session:
         else:
             loss.backward()
 
-        # clip, guard against non-finite values, step, EMA
-        max_norm = c.optim.max_grad_norm or float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        # 5. clip the gradient norm
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.optim.max_grad_norm or float("inf"))
         self.step += 1
-        loss_value, grad_value = self._agree(loss, grad_norm)  # the step's one CPU-GPU sync
+        return loss, grad_norm, lr
+
+    def apply_update(self, loss_value: float, grad_value: float, lr: float) -> tuple[float, float, float] | None:
+        """Phases 6-7, on values every rank agrees on: skip a non-finite step, else step the optimizer and EMA."""
+        c = self.c
+
+        # 6. guard: a non-finite loss or gradient skips the step; too many in a row stop the run
         if not (math.isfinite(loss_value) and math.isfinite(grad_value)):
             self.skipped += 1
             self.nonfinite_run += 1
@@ -142,6 +160,8 @@ class _Session:
                     "(try a lower --lr, or train without --amp)", all_ranks=True)
             return None
         self.nonfinite_run = 0
+
+        # 7. optimizer step, then the EMA of the weights
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -343,8 +363,11 @@ def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, An
     c, run_dir = plan.config, plan.run_dir
     if world.is_main:
         reporter = reporter or Reporter()
-        run_dir = plan.run_dir if state is not None or plan.claimed else create_run_dir(plan)
-        write_run_files(plan, provenance, state is not None)
+        run_dir = plan.run_dir if state is not None or plan.claimed else plan.claim()
+        data = plan.data
+        classes = {"conditional": data.conditional, "class_names": data.class_names,
+                   "class_counts": data.class_counts, "images": len(data.samples)}
+        write_run_files(run_dir, c, classes, provenance, state is not None)
         logger: RunLogger | NullLogger = RunLogger(run_dir)
     else:
         reporter, logger = SilentReporter(), NullLogger()

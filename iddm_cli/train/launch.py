@@ -22,34 +22,19 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from iddm_cli.config import config_from_dict
-from iddm_cli.data.folder import DatasetInfo
+from iddm_cli.core.devices import Layout, world_from_env
+from iddm_cli.core.reporting import Relay, Reporter
 from iddm_cli.errors import STOP_CODES, ExitCode, IddmError, exit_code_for_signal
-from iddm_cli.train.devices import Layout
-from iddm_cli.train.distributed import World, world_from_env
-from iddm_cli.train.engine import TrainResult, plan_training, train
-from iddm_cli.train.plan import Plan
-from iddm_cli.train.reporting import Reporter
-from iddm_cli.train.resume import plan_resume
+from iddm_cli.train.engine import TrainResult, train
+from iddm_cli.train.job import Job, prepare
+from iddm_cli.train.worker import run_worker
 
 GRACE_S = 5.0  # after one worker fails, how long the others get to exit by themselves before they are killed
-
-
-@dataclass
-class Job:
-    """What the training processes are asked to do, as plain data (it travels to the workers as JSON)."""
-
-    kind: str  # "new" | "resume"
-    config: dict[str, Any] | None = None  # new: the resolved config
-    run_dir: str | None = None  # resume: the run to continue
-    overrides: dict[str, Any] = field(default_factory=dict)  # resume: flag values given with it
-    start_epoch: int = -1  # resume: -1 = the newest state
-    provenance: dict[str, Any] = field(default_factory=dict)
-    data: dict[str, Any] | None = None  # the launcher's dataset scan (DatasetInfo.to_json), so rank 0 need not redo it
 
 
 class WorkerFailed(IddmError):
@@ -60,23 +45,10 @@ class WorkerFailed(IddmError):
         super().__init__(*problems)
 
 
-def prepare(job: Job, world: World | None = None) -> tuple[Plan, dict[str, Any] | None, list[str]]:
-    """(plan, training state or None, notes): everything checked, nothing written."""
-    data = DatasetInfo.from_json(job.data) if job.data is not None else None
-    if job.kind == "resume":
-        assert job.run_dir is not None
-        return plan_resume(job.run_dir, job.overrides, job.start_epoch, world, data)
-    assert job.config is not None
-    config = config_from_dict(job.config, "the resolved configuration")
-    return plan_training(config, world=world, data=data), None, []
-
-
 def execute(job: Job, reporter: Reporter, dry_run: bool = False) -> TrainResult | None:
     """Train as ``job`` says, in whichever way the environment and the device layout call for."""
     world = world_from_env()
     if world is not None and not dry_run:
-        from iddm_cli.train.worker import run_worker
-
         return run_worker(job, world, reporter)
     plan, state, notes = prepare(job)
     quiet = world is not None and not world.is_main
@@ -87,7 +59,8 @@ def execute(job: Job, reporter: Reporter, dry_run: bool = False) -> TrainResult 
         return None
     if plan.world_size == 1:
         return train(plan, reporter, job.provenance, state)
-    layout, job = plan.layout, replace(job, data=plan.data.to_json())  # rank 0 plans again, without re-scanning
+    # rank 0 plans again without re-scanning, and sends its reports here, to the caller's reporter
+    layout, job = plan.layout, replace(job, data=plan.data.to_json(), reporter="forward")
     del plan, state  # the workers build their own; this process only supervises
     return launch(job, layout, reporter)
 
@@ -123,8 +96,19 @@ def launch(job: Job, layout: Layout, reporter: Reporter) -> TrainResult:
         folder = Path(tmp)
         (folder / "job.json").write_text(json.dumps(asdict(job)), encoding="utf-8")
         cmd = [sys.executable, "-m", "iddm_cli.train.worker_entry", str(folder / "job.json")]
-        procs = [subprocess.Popen(cmd, env=worker_env(r, n, layout, addr, port, folder)) for r in range(n)]
-        exits, signals, killed = _supervise(procs)
+        read_end, write_end = os.pipe()  # rank 0's reports (ForwardingReporter) come back through it
+        relay = Relay(read_end, reporter)
+        try:
+            procs = [subprocess.Popen(cmd, env={**worker_env(r, n, layout, addr, port, folder),
+                                                **({"IDDM_REPORT_FD": str(write_end)} if r == 0 else {})},
+                                      pass_fds=(write_end,) if r == 0 else ()) for r in range(n)]
+        finally:
+            os.close(write_end)
+        try:
+            exits, signals, killed = _supervise(procs, relay.pump)
+        finally:
+            relay.close()
+            reporter.close()  # as a one-process run closes it (a live progress bar stops)
         if signals:  # a worker stopped before its handlers were installed ended by the signal itself
             exits = [(t, r, exit_code_for_signal(-c) if c in (-signal.SIGINT, -signal.SIGTERM) else c)
                      for t, r, c in exits]
@@ -138,8 +122,10 @@ def launch(job: Job, layout: Layout, reporter: Reporter) -> TrainResult:
                        [Path(p) for p in result["previews"]], result["skipped_steps"])
 
 
-def _supervise(procs: list[subprocess.Popen]) -> tuple[list[tuple[float, int, int]], list[int], set[int]]:
-    """Wait for every worker; pass signals on; after a failure give the rest GRACE_S, then kill them.
+def _supervise(procs: list[subprocess.Popen], wait: Callable[[float], None] = time.sleep,
+               ) -> tuple[list[tuple[float, int, int]], list[int], set[int]]:
+    """Wait for every worker (``wait(seconds)`` between polls: the relay of rank 0's reports); pass signals on;
+    after a failure give the rest GRACE_S, then kill them.
     Returns ((time, rank, exit code) in the order the workers ended, the signals received, the ranks killed
     here)."""
     received: list[int] = []
@@ -170,7 +156,7 @@ def _supervise(procs: list[subprocess.Popen]) -> tuple[list[tuple[float, int, in
                     if p.poll() is None:
                         p.kill()  # blocked in a collective, SIGTERM would not reach it
                         killed.add(rank)
-            time.sleep(0.05)
+            wait(0.05)
     finally:
         for sig, handler in restore.items():
             signal.signal(sig, handler)

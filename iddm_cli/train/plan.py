@@ -14,12 +14,11 @@ import torch
 from torch import nn
 
 from iddm_cli.config import Config, image_hw
+from iddm_cli.core.devices import Layout, World, plan_layout
+from iddm_cli.core.rundir import check_writable, claim_run_dir, plan_run_dir
 from iddm_cli.data.folder import DatasetInfo, scan_dataset
 from iddm_cli.errors import ConfigError
 from iddm_cli.nets import build_network, count_parameters
-from iddm_cli.train.devices import Layout, plan_layout
-from iddm_cli.train.distributed import World
-from iddm_cli.train.rundir import check_writable, plan_run_dir
 
 
 @dataclass
@@ -38,6 +37,13 @@ class Plan:
     world_size: int = 1  # processes training together (each with its own batch)
     notes: list[str] = field(default_factory=list)
     claimed: bool = False  # run_dir has been created and claimed by this process
+
+    def claim(self, launch_id: str = "") -> Path:
+        """Create the run directory and make it this run's (a name taken meanwhile moves it to NAME-N)."""
+        t = self.config.train
+        self.run_dir = claim_run_dir(self.run_dir, t.result_path, t.run_name, launch_id)
+        self.claimed = True
+        return self.run_dir
 
     @property
     def total_steps(self) -> int:

@@ -14,10 +14,10 @@ from typing import Any
 
 from iddm_cli.config import FIELDS, Config, config_from_dict
 from iddm_cli.config.loader import coerce
+from iddm_cli.core.checkpoint import load_checkpoint
+from iddm_cli.core.devices import World
 from iddm_cli.data.folder import DatasetInfo
 from iddm_cli.errors import CheckpointError, ConfigError, DataError
-from iddm_cli.train.checkpoint import load_checkpoint
-from iddm_cli.train.distributed import World
 from iddm_cli.train.plan import Plan, plan_training
 
 if sys.version_info >= (3, 11):
@@ -25,11 +25,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-# Settings that may change on resume: none of them alters the model, the data or the optimisation.
-RESUME_OVERRIDES = ("epochs", "num_workers", "save_model_interval", "save_model_interval_epochs",
-                    "start_model_interval", "keep_last", "vis", "vis_interval", "num_vis", "vis_steps", "image_format",
-                    "log_every", "strict_data", "max_nonfinite", "device", "devices", "use_gpu", "distributed",
-                    "world_size", "main_gpu", "dist_timeout")
+# Settings that may change on resume (marked resumable in the schema): none alters the model, the data or the
+# optimisation.
+RESUME_OVERRIDES = tuple(name for name, spec in FIELDS.items() if spec.resumable)
 IGNORED_ON_RESUME = ("resume", "start_epoch", "run_name", "result_path", "pretrain", "pretrain_path")
 
 

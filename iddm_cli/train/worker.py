@@ -21,14 +21,14 @@ from typing import Any
 from iddm_cli.config import FIELDS, Config, config_from_dict
 from iddm_cli.config.loader import coerce
 from iddm_cli.config.schema import DeviceConfig
+from iddm_cli.core.devices import World, plan_layout, world_from_env
+from iddm_cli.core.reporting import Reporter, SilentReporter, build_reporter
+from iddm_cli.core.rundir import find_launch_run
 from iddm_cli.errors import ConfigError, ExitCode, IddmError, exit_code_for_signal
 from iddm_cli.train import distributed as dist
-from iddm_cli.train.devices import plan_layout
-from iddm_cli.train.distributed import PeerLost, World, world_from_env
-from iddm_cli.train.engine import TrainResult, create_run_dir, plan_training, train
-from iddm_cli.train.launch import Job, prepare
-from iddm_cli.train.reporting import Reporter, SilentReporter
-from iddm_cli.train.rundir import find_launch_run
+from iddm_cli.train.distributed import PeerLost
+from iddm_cli.train.engine import TrainResult, plan_training, train
+from iddm_cli.train.job import Job, prepare
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -126,7 +126,7 @@ def run_worker(job: Job, world: World, reporter: Reporter) -> TrainResult | None
             job = _after_restart(job, reporter)
             plan, state, notes = prepare(job, world)
             if state is None:
-                create_run_dir(plan, launch_id())
+                plan.claim(launch_id())
             if not os.environ.get("IDDM_LAUNCHED"):  # iddm's launcher printed them already
                 for line in notes:
                     reporter.info(line)
@@ -181,12 +181,7 @@ def main(argv: list[str], early_signals: list[int] | None = None) -> int:
         if world is None or len(argv) != 1:
             raise IddmError("iddm_cli.train.worker_entry is started by iddm itself (iddm dm train --devices N)")
         job = Job(**json.loads(Path(argv[0]).read_text(encoding="utf-8")))
-        reporter: Reporter = SilentReporter()
-        if world.is_main:
-            from iddm_cli.cli.common import err_console
-            from iddm_cli.cli.progress import RichReporter
-
-            reporter = RichReporter(err_console)
+        reporter = build_reporter(job.reporter) if world.is_main else SilentReporter()
         result = run_worker(job, world, reporter)
         if result is not None:
             _write(os.environ.get("IDDM_RESULT_FILE"), {

@@ -1,0 +1,107 @@
+"""The settings of every command, as the command line offers them: one dataclass per command (beside the training
+sections of :mod:`iddm_cli.config.schema`) and :data:`COMMANDS`, which lists each command's options in the order
+its ``--help`` shows them. The CLI builds every option from these specs; it writes none by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+from iddm_cli import choices as C
+from iddm_cli.config.fields import FieldSpec, opt, pick, specs_of
+from iddm_cli.config.schema import FIELDS
+from iddm_cli.diffusion.registry import default_steps_text
+
+
+@dataclass(kw_only=True)
+class RunOptions:
+    """How a command runs, as opposed to what it computes; never stored in a run."""
+
+    PANEL: ClassVar[str] = "Run"
+
+    profile: str = opt(None, "A shipped profile (demo, cifar10, landscape, ci-smoke), one in "
+                       "~/.config/iddm/profiles/, or a .toml file.", kind="str", short="-p", metavar="NAME|FILE",
+                       complete="profiles")
+    sets: list = opt([], "Override one key (value parsed as TOML), e.g. --set optim.lr=1e-4. Repeatable; flags win.",
+                     kind="strlist", flag="--set", metavar="KEY=VALUE", shown="")
+    print_config: bool = opt(False, "Print the resolved config as TOML on stdout and exit.", off="")
+    explain: bool = opt(False, "Show where each setting came from, then continue.", off="")
+    dry_run: bool = opt(False, "Check everything and print the plan, then exit; nothing is written.", off="")
+    debug: bool = opt(False, "Show tracebacks (also IDDM_DEBUG=1).", off="")
+
+
+@dataclass(kw_only=True)
+class ResumeTarget:
+    PANEL: ClassVar[str] = "Run"
+
+    run_dir: str = opt(None, "The run directory to continue.", kind="str", argument=True, required=True,
+                       metavar="RUN_DIR")
+
+
+@dataclass(kw_only=True)
+class SampleConfig:
+    """``iddm sample``: None means "from the checkpoint" (sampler, guidance) or "the sampler's own" (steps, eta)."""
+
+    PANEL: ClassVar[str] = "Sampling"
+
+    checkpoint: str = opt(None, "Checkpoint file, or a run directory (its ckpt_last.pt).", kind="str", argument=True,
+                          metavar="CKPT")
+    sampler: str = opt(None, "Sampler.", choices=C.SAMPLERS, kind="str", short="-s", alias="--sample",
+                       shown="the checkpoint's")
+    steps: int = opt(None, "Sampling steps.", kind="int", ge=1, shown=f"the sampler's: {default_steps_text()}")
+    eta: float = opt(None, "DDIM noise: 0 deterministic, 1 DDPM-like.", kind="float", ge=0.0, le=1.0, shown="0")
+    cfg_scale: float = opt(None, "Classifier-free guidance scale; 1 = none. Conditional models only.", kind="float",
+                           ge=0.0, shown="the checkpoint's")
+    num: int = opt(8, "Images per selected class (conditional) or in total (unconditional).", short="-n",
+                   alias="--num-images", ge=1, le=100_000)
+    class_name: list = opt([], "A class to sample, by name (repeatable).", kind="strlist", metavar="NAME",
+                           shown="every class")
+    class_id: list = opt([], "A class to sample, by index (repeatable).", kind="intlist", metavar="N", ge=0,
+                         shown="every class")
+    seed: int = opt(0, "The same seed gives the same images, whatever --batch-size.", ge=0)
+    batch_size: int = opt(16, "Images per network batch.", short="-b", ge=1, le=65_536)
+    ema: bool = opt(True, "Use the EMA weights, or the raw ones.", alias="--use-ema")
+    out: str = opt(None, "Output folder; an existing one gets a -2, -3, ... suffix.", kind="str", short="-o",
+                   alias="--result-path", metavar="DIR", panel="Output",
+                   shown="RUN/samples/<sampler>-<steps>steps-seed<seed>")
+    grid: bool = opt(True, "Also write grid.<format>.", panel="Output")
+    image_format: str = opt("png", "Image file format.", choices=C.IMAGE_FORMATS, panel="Output")
+    device: str = opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N.", kind="device",
+                      metavar="auto|cpu|cuda|cuda:N", panel="Devices")
+    weight_path: str = opt(None, "IDDM's name for CKPT.", kind="str", metavar="FILE", compat=True)
+    use_gpu: int = opt(None, "IDDM's GPU index: the same as --device cuda:N.", kind="int", ge=0, metavar="N",
+                       compat=True)
+
+
+@dataclass(kw_only=True)
+class DatasetCheckConfig:
+    PANEL: ClassVar[str] = "Check"
+
+    path: str = opt(None, "The dataset folder (or builtin:fashion-mnist).", kind="str", argument=True,
+                    required=True, metavar="PATH")
+    image_size: Any = opt(None, "Training size (64 or H,W): smaller images are reported.", kind="size", short="-i",
+                          metavar="SIZE", shown="not checked")
+    kind: str = opt("dm", "dm: class subfolders or a flat folder; vae: train/ and val/.", choices=C.DATASET_KINDS)
+    deep: bool = opt(False, "--deep decodes every image; --quick reads headers only.", off="--quick")
+    json: bool = opt(False, "Write the report as JSON on stdout (schema in README).", off="")
+
+
+RUN = specs_of({"run": RunOptions, "resume": ResumeTarget})
+SAMPLE = specs_of({"sample": SampleConfig})
+DATASET_CHECK = specs_of({"check": DatasetCheckConfig})
+
+COMMANDS: dict[str, dict[str, FieldSpec]] = {
+    "dm train": {**pick(RUN, "profile", "sets", "dry_run", "print_config", "explain", "debug"),
+                 **{name: spec for name, spec in FIELDS.items() if not spec.compat},
+                 **{name: spec for name, spec in FIELDS.items() if spec.compat}},  # IDDM's spellings last
+    "resume": {**pick(RUN, "run_dir", "dry_run", "debug"), "start_epoch": replace(FIELDS["start_epoch"], panel="Run"),
+               **{name: spec for name, spec in FIELDS.items() if spec.resumable and not spec.compat},
+               **{name: spec for name, spec in FIELDS.items() if spec.resumable and spec.compat},
+               # the rest are accepted but not shown, so that a changed value gets the reason it cannot change
+               **{name: replace(spec, hidden=True) for name, spec in FIELDS.items()
+                  if not spec.resumable and name != "start_epoch"}},
+    "sample": {**SAMPLE, **pick(RUN, "debug")},
+    "dataset check": {**DATASET_CHECK, **pick(RUN, "debug")},
+}
+"""Each command's options, in help order (``iddm resume`` shows only the settings that may change)."""
