@@ -1,4 +1,3 @@
-
 _iddm_completion() {
     local IFS=$'
 '
@@ -9,4 +8,3 @@ _iddm_completion() {
 }
 
 complete -o default -F _iddm_completion iddm
-

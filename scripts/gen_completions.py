@@ -1,4 +1,7 @@
-"""Regenerate the static shell-completion scripts in completions/ from the installed ``iddm`` app.
+"""Regenerate the shell-completion scripts in completions/ from the installed ``iddm`` app.
+
+The scripts are dynamic shims: at completion time they run ``iddm`` itself (with ``_IDDM_COMPLETE`` set) and
+show what it answers, so they only change when Typer's templates do, not when commands or options change.
 
     python scripts/gen_completions.py          # write them
     python scripts/gen_completions.py --check  # exit 1 when they differ (the test suite does this too)
@@ -14,11 +17,31 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHELLS = {"bash": "iddm.bash", "zsh": "_iddm", "fish": "iddm.fish"}
 
+# Typer's zsh script only registers its function (compdef) when it runs. Autoloaded from fpath by compinit, that
+# run is the first TAB, which then completes nothing; complete at once in that case, as Click's own script does.
+ZSH_REGISTER = "compdef _iddm_completion iddm\n"
+ZSH_REGISTER_OR_COMPLETE = """\
+if [[ $zsh_eval_context[-1] == loadautofunc ]]; then
+  # autoloaded from fpath by compinit, on the first TAB: complete now
+  _iddm_completion "$@"
+else
+  # sourced: register the function for later
+  compdef _iddm_completion iddm
+fi
+"""
+
 
 def render(shell: str) -> str:
+    """The script for ``shell``: no leading blank lines (zsh's compinit reads ``#compdef`` only on the first line),
+    one trailing newline."""
     env = {**os.environ, "_IDDM_COMPLETE": f"source_{shell}"}
     out = subprocess.run([sys.executable, "-m", "iddm_cli"], env=env, capture_output=True, text=True, check=True)
-    return out.stdout if out.stdout.endswith("\n") else out.stdout + "\n"
+    text = out.stdout.lstrip("\n").rstrip("\n") + "\n"
+    if shell == "zsh":
+        if not text.startswith("#compdef iddm\n") or not text.endswith(ZSH_REGISTER):
+            raise SystemExit("Typer's zsh script changed: check the '#compdef iddm' line and the compdef call")
+        text = text[: -len(ZSH_REGISTER)] + ZSH_REGISTER_OR_COMPLETE
+    return text
 
 
 def main() -> int:
