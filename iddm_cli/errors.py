@@ -15,6 +15,7 @@ class ExitCode(IntEnum):
     FAILURE = 1
     USAGE = 2  # bad flag, bad profile, bad config value
     DATA = 3  # missing, empty or unusable dataset
+    STORAGE = 4  # the disk: full, read-only or failing while a file was written (the previous checkpoint is kept)
     INTERRUPTED = 130
     TERMINATED = 143
 
@@ -54,6 +55,12 @@ class DataError(IddmError):
 
 class CheckpointError(IddmError):
     exit_code = ExitCode.USAGE
+
+
+class StorageError(IddmError):
+    """Writing failed (disk full, permission, I/O error) or cannot succeed (not enough free space)."""
+
+    exit_code = ExitCode.STORAGE
 
 
 class TrainingError(IddmError):

@@ -22,7 +22,7 @@ from iddm_cli.config.commands import SampleConfig
 from iddm_cli.core.checkpoint import load_checkpoint, strip_prefix
 from iddm_cli.core.devices import parse_device, visible_gpus
 from iddm_cli.core.images import PIL_FORMATS, save_grid, to_uint8
-from iddm_cli.core.rundir import plan_run_dir
+from iddm_cli.core.rundir import check_writable, plan_run_dir
 from iddm_cli.diffusion.samplers import SAMPLERS, sample, timesteps
 from iddm_cli.diffusion.schedule import Diffusion
 from iddm_cli.errors import ConfigError
@@ -108,6 +108,7 @@ def generate(req: SampleRequest, progress: Callable[[int, int], None] | None = N
     meta = ckpt["data"]
     ids = _labels(req, meta)
     device = select_device(req.device)
+    out_dir = output_dir(req, path, sampler, steps)  # checked before any sampling
 
     weights = "ema" if req.ema and ckpt.get("ema") else "model"
     model = build_network(ckpt["network"]["name"], **ckpt["network"]["kwargs"])
@@ -118,7 +119,7 @@ def generate(req: SampleRequest, progress: Callable[[int, int], None] | None = N
     labels = [i for i in ids for _ in range(req.num)] if ids is not None else None
     n = len(labels) if labels is not None else req.num
     h, w = meta["image_size"]
-    gens = [torch.Generator().manual_seed(req.seed * 1_000_003 + k) for k in range(n)]
+    gens = [torch.Generator().manual_seed((req.seed * 1_000_003 + k) % 2**63) for k in range(n)]
     noise = torch.stack([torch.randn(meta["channels"], h, w, generator=g) for g in gens])  # (N, C, H, W)
 
     nfe = SAMPLERS[sampler].nfe(len(timesteps(diffusion, steps)))
@@ -131,7 +132,7 @@ def generate(req: SampleRequest, progress: Callable[[int, int], None] | None = N
                              cfg_scale=cfg_scale if y is not None else 1.0, eta=req.eta,
                              generators=gens[start:stop]).cpu())
     images_t = torch.cat(images)
-    return _write(req, ckpt, path, images_t, labels, sampler, steps, cfg_scale, weights)
+    return _write(req, ckpt, path, out_dir, images_t, labels, sampler, steps, cfg_scale, weights)
 
 
 class _CountingModel(torch.nn.Module):
@@ -150,12 +151,27 @@ class _CountingModel(torch.nn.Module):
         return out
 
 
-def _write(req: SampleRequest, ckpt: dict[str, Any], path: Path, images: torch.Tensor, labels: list[int] | None,
-           sampler: str, steps: int, cfg_scale: float, weights: str) -> SampleResult:
+def output_dir(req: SampleRequest, ckpt_path: Path, sampler: str, steps: int) -> Path:
+    """Where the images go: ``--out`` itself, which must be new or empty (nothing is written beside it), or by
+    default ``RUN/samples/<sampler>-<steps>steps-seed<seed>`` with a -2, -3, ... suffix when that one is taken."""
+    if req.out:
+        out = Path(req.out).expanduser()
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out}: is a file; give a folder (new or empty)")
+        if out.is_dir() and any(out.iterdir()):
+            raise ConfigError(f"--out {out}: the folder already holds files; give a new or empty folder, so that "
+                              "nothing is overwritten")
+    else:
+        out, _ = plan_run_dir(str(ckpt_path.parent / "samples"), f"{sampler}-{steps}steps-seed{req.seed}")
+    problem = check_writable(out)
+    if problem:
+        raise ConfigError(f"--out: cannot create {out}: {problem}")
+    return out
+
+
+def _write(req: SampleRequest, ckpt: dict[str, Any], path: Path, out_dir: Path, images: torch.Tensor,
+           labels: list[int] | None, sampler: str, steps: int, cfg_scale: float, weights: str) -> SampleResult:
     names = ckpt["data"]["class_names"]
-    default = path.parent / "samples" / f"{sampler}-{steps}steps-seed{req.seed}"
-    target = Path(req.out).expanduser() if req.out else default
-    out_dir, _ = plan_run_dir(str(target.parent), target.name)
     out_dir.mkdir(parents=True, exist_ok=True)
     pixels = to_uint8(images)
     files, counters = [], {}

@@ -143,8 +143,8 @@ def test_device_keys_parse_and_contradictions_are_refused():
     assert resolve(sets=["device.devices='all'"]).config.device.devices == "all"
     assert resolve(sets=["devices=4"]).config.device.devices == 4
     for flags, expected in [({"device": "tpu"}, "expected auto, cpu, cuda or cuda:N"),
-                            ({"devices": "0"}, 'a number of processes >= 1, or "all"'),
-                            ({"devices": "two"}, 'a number of processes >= 1, or "all"')]:
+                            ({"devices": "0"}, 'a number of processes from 1 to 4096, or "all"'),
+                            ({"devices": "two"}, 'a number of processes from 1 to 4096, or "all"')]:
         with pytest.raises(ConfigError, match=expected):
             resolve(flags=flags)
     for flags, expected in [({"device": "cuda:0", "devices": "2"}, "names one GPU"),

@@ -294,8 +294,8 @@ def test_epoch_sampler_shards_cover_the_epoch_once_per_rank():
 
 def test_world_from_env_and_device_layouts(monkeypatch):
     from iddm_cli.config import resolve
+    from iddm_cli.core import devices
     from iddm_cli.core.devices import World, world_from_env
-    from iddm_cli.train import devices
 
     assert world_from_env({}) is None
     w = world_from_env({"RANK": "5", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "8"})

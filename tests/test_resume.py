@@ -95,7 +95,7 @@ def test_start_epoch_names_the_state_after_n_epochs(tmp_path, invoke):
     data = make_dataset(tmp_path / "d", ["a", "b"])
     run = DMTrainer(dataset_path=str(data), result_path=str(tmp_path), reporter=SilentReporter(),
                     save_model_interval=True, save_model_interval_epochs=1, **{**SETTINGS, "epochs": 2}).train().run_dir
-    result = invoke("resume", run, "--start-epoch", "1", "--dry-run")
+    result = invoke("resume", run, "--start-epoch", "1", "--force", "--dry-run")
     assert result.exit_code == 0 and "continuing from ckpt_001.pt: epoch 2, batch 0" in result.output
     (run / "ckpt_last.pt").write_bytes(b"broken")  # a damaged newest state falls back to the newest good one
     _, state, notes = plan_resume(run, {"epochs": 3})

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from iddm_cli.core import checkpoint as ckpt_module
 from iddm_cli.core.checkpoint import load_checkpoint, save_checkpoint
+from iddm_cli.errors import StorageError
 from iddm_cli.train import objectives
 from tests.conftest import TINY
 
@@ -55,10 +57,8 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatc
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ckpt_module.torch, "save", dying_save)
-    try:
+    with pytest.raises(StorageError, match="disk full"):
         save_checkpoint(path, {"format": "iddm", "format_version": 1, "w": torch.zeros(3)})
-    except OSError:
-        pass
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert load_checkpoint(path)["w"].sum() == 3

@@ -52,9 +52,14 @@ def test_round_trip_with_no_model_flags(runs, tmp_path):
 
 def test_an_existing_output_folder_is_not_overwritten(runs, tmp_path):
     cond, _ = runs
-    for _ in range(2):
-        assert run(cond, "--steps", "2", "--num", "1", "--sampler", "ddim", "--out", tmp_path / "o").exit_code == 0
-    assert (tmp_path / "o-2" / "manifest.json").exists()
+    for _ in range(2):  # the default folder inside the run gets a suffix
+        assert run(cond, "--steps", "2", "--num", "1", "--sampler", "ddim", "--seed", "41").exit_code == 0
+    assert (cond / "samples" / "ddim-2steps-seed41-2" / "manifest.json").exists()
+    assert run(cond, "--steps", "2", "--num", "1", "--sampler", "ddim", "--out", tmp_path / "o").exit_code == 0
+    before = sorted((tmp_path / "o").iterdir())
+    result = run(cond, "--steps", "2", "--num", "1", "--sampler", "ddim", "--out", tmp_path / "o")
+    assert result.exit_code == 2 and "already holds files" in result.output  # --out is used as named, or refused
+    assert sorted((tmp_path / "o").iterdir()) == before and sorted(tmp_path.iterdir()) == [tmp_path / "o"]
 
 
 @pytest.mark.parametrize("sampler", list(SAMPLERS))

@@ -21,8 +21,12 @@ _TYPES: dict[str, Any] = {"int": int, "float": float, "str": str, "bool": bool, 
                          "device": str, "count": str}
 
 
+_USAGE_ERROR = typer.BadParameter.__mro__[1]  # click's UsageError, whichever click Typer ships with
+
+
 class IddmCommand(TyperCommand):
-    """Accepts IDDM's underscore spellings: ``--batch_size 16`` parses as ``--batch-size 16``."""
+    """Accepts IDDM's underscore spellings (``--batch_size 16`` parses as ``--batch-size 16``) and reports a bad
+    flag or value in one line with exit code 2."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         known = {opt for p in self.params for opt in (*p.opts, *p.secondary_opts)}
@@ -35,7 +39,15 @@ class IddmCommand(TyperCommand):
             if name.startswith("--") and "_" in name and name.replace("_", "-") in known:
                 arg = name.replace("_", "-") + eq + value
             fixed.append(arg)
-        return super().parse_args(ctx, fixed)
+        try:
+            return super().parse_args(ctx, fixed)
+        except _USAGE_ERROR as err:  # a bad flag or value: one line, like every other error, instead of a box
+            if ctx.resilient_parsing:  # shell completion parses half-typed lines
+                raise
+            message = " ".join(err.format_message().split())
+            err_console.print(f"[bold red]error:[/] {escape(message)} (see: {escape(ctx.command_path)} --help)",
+                              soft_wrap=True)
+            raise typer.Exit(int(ExitCode.USAGE)) from None
 
 
 def debug_enabled(flag: bool | None = None) -> bool:

@@ -14,6 +14,7 @@ from iddm_cli.cli.common import IddmCommand, command_from, err_console, report_e
 from iddm_cli.config import FIELDS, check_runnable, resolve, to_toml
 from iddm_cli.config.commands import COMMANDS, RUN
 from iddm_cli.config.loader import Resolved
+from iddm_cli.errors import ConfigError
 
 app = typer.Typer(help="Diffusion models (pixel space).", no_args_is_help=True)
 
@@ -42,19 +43,20 @@ def _execute(job: Any, dry_run: bool | None) -> None:
         err_console.print(f"samples: {result.previews[-1]}", markup=False, highlight=False)
 
 
-def _resume(run_dir: Any, flags: dict[str, Any], start_epoch: int | None, dry_run: bool | None) -> None:
+def _resume(run_dir: Any, flags: dict[str, Any], start_epoch: int | None, force: bool | None,
+            dry_run: bool | None) -> None:
     """Shared by `iddm resume` and `iddm dm train --resume` (inside report_errors)."""
     from iddm_cli.train.job import Job
 
     overrides = {name: value for name, value in flags.items() if value is not None}
-    _execute(Job("resume", run_dir=str(run_dir), overrides=overrides,
+    _execute(Job("resume", run_dir=str(run_dir), overrides=overrides, force=bool(force),
                  start_epoch=-1 if start_epoch is None else start_epoch), dry_run)
 
 
 def resume_command(options: dict[str, Any]) -> None:
-    control = {name: options.pop(name) for name in ("run_dir", "dry_run", "debug", "start_epoch")}
-    report_errors(lambda: _resume(control["run_dir"], options, control["start_epoch"], control["dry_run"]),
-                  control["debug"])
+    control = {name: options.pop(name) for name in ("run_dir", "dry_run", "debug", "start_epoch", "force")}
+    report_errors(lambda: _resume(control["run_dir"], options, control["start_epoch"], control["force"],
+                                  control["dry_run"]), control["debug"])
 
 
 def train_command(options: dict[str, Any]) -> None:
@@ -72,8 +74,11 @@ def train_command(options: dict[str, Any]) -> None:
         check_runnable(resolved)
         c = resolved.config
         if c.train.resume:  # IDDM's --resume: the run result_path/run_name continues where it stopped
-            _resume(Path(c.train.result_path) / c.train.run_name, flags, c.train.start_epoch, control["dry_run"])
+            _resume(Path(c.train.result_path) / c.train.run_name, flags, c.train.start_epoch, control["force"],
+                    control["dry_run"])
             return
+        if control["force"]:
+            raise ConfigError("--force only applies together with --resume and --start-epoch")
         from iddm_cli.train.job import Job
 
         _execute(Job("new", config=c.to_dict(),

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from iddm_cli import choices as C
-from iddm_cli.config.fields import FieldSpec, opt, pick, specs_of
+from iddm_cli.config.fields import COMPAT_PANEL, FieldSpec, opt, pick, specs_of
 from iddm_cli.config.schema import FIELDS
 from iddm_cli.diffusion.registry import default_steps_text
 
@@ -29,6 +29,8 @@ class RunOptions:
     explain: bool = opt(False, "Show where each setting came from, then continue.", off="")
     dry_run: bool = opt(False, "Check everything and print the plan, then exit; nothing is written.", off="")
     debug: bool = opt(False, "Show tracebacks (also IDDM_DEBUG=1).", off="")
+    force: bool = opt(False, "With --start-epoch: continue even though newer states exist; they are moved to "
+                      "RUN/superseded-<time>/, never deleted.", off="")
 
 
 @dataclass(kw_only=True)
@@ -41,7 +43,9 @@ class ResumeTarget:
 
 @dataclass(kw_only=True)
 class SampleConfig:
-    """``iddm sample``: None means "from the checkpoint" (sampler, guidance) or "the sampler's own" (steps, eta)."""
+    """``iddm sample``: None means "from the checkpoint" (sampler, guidance) or "the sampler's own" (steps, eta).
+    ``seed``, ``batch_size``, ``cfg_scale``, ``device`` and ``image_format`` are this command's own settings, not the
+    training ones of the same names: a seed per image, a network batch, guidance at sampling time, one device."""
 
     PANEL: ClassVar[str] = "Sampling"
 
@@ -52,17 +56,17 @@ class SampleConfig:
     steps: int = opt(None, "Sampling steps.", kind="int", ge=1, shown=f"the sampler's: {default_steps_text()}")
     eta: float = opt(None, "DDIM noise: 0 deterministic, 1 DDPM-like.", kind="float", ge=0.0, le=1.0, shown="0")
     cfg_scale: float = opt(None, "Classifier-free guidance scale; 1 = none. Conditional models only.", kind="float",
-                           ge=0.0, shown="the checkpoint's")
+                           ge=0.0, le=100.0, shown="the checkpoint's")
     num: int = opt(8, "Images per selected class (conditional) or in total (unconditional).", short="-n",
                    alias="--num-images", ge=1, le=100_000)
     class_name: list = opt([], "A class to sample, by name (repeatable).", kind="strlist", metavar="NAME",
                            shown="every class")
     class_id: list = opt([], "A class to sample, by index (repeatable).", kind="intlist", metavar="N", ge=0,
                          shown="every class")
-    seed: int = opt(0, "The same seed gives the same images, whatever --batch-size.", ge=0)
+    seed: int = opt(0, "The same seed gives the same images, whatever --batch-size.", ge=0, le=2**63 - 1)
     batch_size: int = opt(16, "Images per network batch.", short="-b", ge=1, le=65_536)
     ema: bool = opt(True, "Use the EMA weights, or the raw ones.", alias="--use-ema")
-    out: str = opt(None, "Output folder; an existing one gets a -2, -3, ... suffix.", kind="str", short="-o",
+    out: str = opt(None, "Output folder, used as named: it must be new or empty.", kind="str", short="-o",
                    alias="--result-path", metavar="DIR", panel="Output",
                    shown="RUN/samples/<sampler>-<steps>steps-seed<seed>")
     grid: bool = opt(True, "Also write grid.<format>.", panel="Output")
@@ -93,9 +97,11 @@ DATASET_CHECK = specs_of({"check": DatasetCheckConfig})
 
 COMMANDS: dict[str, dict[str, FieldSpec]] = {
     "dm train": {**pick(RUN, "profile", "sets", "dry_run", "print_config", "explain", "debug"),
+                 "force": replace(RUN["force"], panel=COMPAT_PANEL),  # beside --resume and --start-epoch
                  **{name: spec for name, spec in FIELDS.items() if not spec.compat},
                  **{name: spec for name, spec in FIELDS.items() if spec.compat}},  # IDDM's spellings last
     "resume": {**pick(RUN, "run_dir", "dry_run", "debug"), "start_epoch": replace(FIELDS["start_epoch"], panel="Run"),
+               "force": RUN["force"],
                **{name: spec for name, spec in FIELDS.items() if spec.resumable and not spec.compat},
                **{name: spec for name, spec in FIELDS.items() if spec.resumable and spec.compat},
                # the rest are accepted but not shown, so that a changed value gets the reason it cannot change

@@ -28,6 +28,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 MAX_EXTENDS_DEPTH = 8
+MAX_PROCESSES = 4096  # --devices: more processes than any one launch could start
 USER_PROFILE_DIR = Path("~/.config/iddm/profiles").expanduser()
 
 # Common spellings from other trainers that difflib cannot guess.
@@ -85,8 +86,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: invalid TOML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}); TOML files must be saved as UTF-8") from None
     except OSError as err:
-        raise ConfigError(f"{path}: cannot read profile: {err.strerror}") from None
+        raise ConfigError(f"{path}: cannot read profile: {err.strerror or err}") from None
 
 
 def load_profile_chain(name: str) -> list[tuple[Path, dict[str, Any]]]:
@@ -208,11 +211,13 @@ def coerce(spec: FieldSpec, value: Any) -> tuple[Any, str | None]:
             return "all", None
         if isinstance(value, str) and value.strip().isdigit():
             value = int(value.strip())
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_PROCESSES:
             return value, None
-        return None, 'a number of processes >= 1, or "all"'
+        return None, f'a number of processes from 1 to {MAX_PROCESSES}, or "all"'
     if k == "size":
         size = parse_image_size(value)
+        if size is not None and spec.le is not None and max([size] if isinstance(size, int) else size) > spec.le:
+            return None, f"a size of at most {spec.le:g} px a side"
         return (size, None) if size is not None else (None, "a positive size: 64 or [H, W]")
     if k == "tristate":
         if isinstance(value, bool) or value == "auto":
@@ -252,6 +257,19 @@ def coerce(spec: FieldSpec, value: Any) -> tuple[Any, str | None]:
     if spec.le is not None and value > spec.le:
         return None, f"a value <= {spec.le:g}"
     return value, None
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be one folder inside another (a run or output name), or None when it can."""
+    if not name.strip():
+        return "it is empty"
+    if "/" in name or "\\" in name or "\0" in name:
+        return "it has a path separator"
+    if len(name.encode()) > 255:
+        return "it is longer than 255 bytes"
+    if name in (".", ".."):
+        return f"{name!r} is not a folder of its own"
+    return None
 
 
 def _describe(value: Any) -> str:
@@ -367,6 +385,9 @@ def check_runnable(resolved: Resolved) -> None:
         name = "distributed" if c.device.distributed else "devices"
         bad(name, f"asks for several processes, but device.device = {c.device.device!r} names one GPU; use --device "
                   "cuda with --devices N (CUDA_VISIBLE_DEVICES picks which GPUs)")
+    problem = name_problem(c.train.run_name)
+    if problem:  # a new run's folder is one name inside result_path (runs resumed from older versions may differ)
+        bad("run_name", f"{c.train.run_name!r}: expected one folder name ({problem})")
     if c.train.start_epoch != -1 and not c.train.resume:
         bad("start_epoch", "only applies together with --resume")
     if c.train.pretrain and not c.train.pretrain_path:

@@ -5,6 +5,10 @@ the shipped profiles, ``config.toml`` in a run directory and the checkpoint meta
 classes. Key names are unique across sections, so each key is also a flag (``batch_size`` -> ``--batch-size`` and
 IDDM's ``--batch_size``) and ``--set batch_size=16`` works as well as ``--set data.batch_size=16``.
 
+Every number has bounds, and NaN or infinity is never accepted. Upper bounds guard what could exhaust memory or time
+(batch_size, image_size, base_channels, noise_steps, epochs, num_workers, num_vis, vis_steps, num_classes) or
+make no sense (lr above 10, cfg_scale above 100, seed beyond 64 bits, dist_timeout beyond a week).
+
 Every IDDM diffusion-training flag has a field here with the same name and meaning (``compat``: shown in the
 IDDM compatibility panel). A field marked ``resumable`` may change when a run resumes: that mark alone makes
 ``iddm resume``'s options and rules. A few fields belong to capability a later release brings (latent diffusion):
@@ -33,14 +37,15 @@ class DataConfig:
         "'builtin:fashion-mnist' is the embedded demo set.", metavar="DIR"
     )
     image_size: Any = opt(64, "Training size: 64 or H,W (IDDM spellings [64,32] and (64,32) parse too).",
-                          kind="size", short="-i", metavar="SIZE")
+                          kind="size", short="-i", metavar="SIZE", le=4096)
     conditional: Any = opt("auto", "Class-conditional training; auto = conditional when the folder has 2+ class "
                            "subfolders.", kind="tristate", short="-c")
-    num_classes: int = opt(0, "Expected number of classes (0 = count the class subfolders).", ge=0)
+    num_classes: int = opt(0, "Expected number of classes (0 = count the class subfolders).", ge=0,
+                           le=100_000)
     augment: str = opt("iddm", "iddm: resize to 1.25x then RandomResizedCrop(0.8-1.0); resize: plain resize; "
                        "hflip: resize plus random horizontal flips.", choices=C.AUGMENTS)
-    batch_size: int = opt(2, "Images per step (per device, as in IDDM).", short="-b", ge=1)
-    num_workers: int = opt(0, "DataLoader worker processes.", ge=0, resumable=True)
+    batch_size: int = opt(2, "Images per step (per device, as in IDDM).", short="-b", ge=1, le=65_536)
+    num_workers: int = opt(0, "DataLoader worker processes.", ge=0, le=256, resumable=True)
     strict_data: bool = opt(False, "Stop at the first image that fails to decode instead of logging it and training "
                                    "on the next image in its place.", resumable=True)
 
@@ -53,7 +58,7 @@ class ModelConfig:
     base_channels: int = opt(64, "Network width: channels of the first U-Net stage (64 = IDDM's unet; "
                              "cspdarkunet uses half of it at its stem). "
                              + "; ".join(f"{name}: a multiple of {net.width_multiple}, image sides divisible by "
-                                         f"{net.size_divisor}" for name, net in NETWORKS.items()) + ".", ge=4)
+                                         f"{net.size_divisor}" for name, net in NETWORKS.items()) + ".", ge=4, le=1024)
     act: str = opt("gelu", "Activation used throughout the network.", choices=C.ACTIVATIONS)
     latent: bool = opt(False, "Latent diffusion through a frozen autoencoder (not available in this release).",
                        short="-l", hidden=True)
@@ -66,11 +71,12 @@ class ModelConfig:
 class DiffusionConfig:
     PANEL: ClassVar[str] = "Diffusion"
 
-    noise_steps: int = opt(1000, "Diffusion steps T.", ge=2)
+    noise_steps: int = opt(1000, "Diffusion steps T.", ge=2, le=100_000)
     noise_schedule: str = opt("linear", "Beta schedule.", choices=C.NOISE_SCHEDULES)
     sample: str = opt("ddpm", "Default sampler recorded in the checkpoint for `iddm sample`; training previews "
                       "use deterministic DDIM.", choices=C.SAMPLERS, short="-s")
-    cfg_scale: float = opt(3.0, "Classifier-free guidance scale for previews (1 = no guidance).", ge=0.0)
+    cfg_scale: float = opt(3.0, "Classifier-free guidance scale for previews (1 = no guidance).", ge=0.0,
+                             le=100.0)
     cfg_dropout: float = opt(0.1, "Per-sample probability of training on the null class (conditional only).",
                              ge=0.0, le=1.0)
 
@@ -80,10 +86,11 @@ class OptimConfig:
     PANEL: ClassVar[str] = "Optimisation"
 
     optim: str = opt("adamw", "Optimizer.", choices=C.OPTIMIZERS)
-    lr: float = opt(3e-4, "Peak learning rate.", gt=0.0)
+    lr: float = opt(3e-4, "Peak learning rate.", gt=0.0, le=10.0)
     lr_func: str = opt("linear", "Learning-rate schedule, computed every step: linear = constant (IDDM), cosine, "
                        "warmup_cosine.", choices=C.LR_FUNCS)
-    warmup_epochs: float = opt(5.0, "Warm-up length for warmup_cosine, in epochs (fractions allowed).", ge=0.0)
+    warmup_epochs: float = opt(5.0, "Warm-up length for warmup_cosine, in epochs (fractions allowed).", ge=0.0,
+                                 le=1_000_000.0)
     loss: str = opt("mse", "Loss between predicted and true noise.", choices=C.LOSSES)
     max_grad_norm: float = opt(1.0, "Clip the gradient norm to this value (0 = no clipping).", ge=0.0)
     ema_decay: float = opt(0.995, "EMA decay after warm-up; the warm-up uses min(decay, (1+n)/(10+n)).",
@@ -95,9 +102,10 @@ class OptimConfig:
 class TrainConfig:
     PANEL: ClassVar[str] = "Training"
 
-    seed: int = opt(0, "Random seed.", ge=0)
-    epochs: int = opt(300, "Epochs to train.", short="-e", ge=1, resumable=True)
-    run_name: str = opt("df", "Run directory name under result_path.", short="-n", metavar="NAME")
+    seed: int = opt(0, "Random seed.", ge=0, le=2**63 - 1)
+    epochs: int = opt(300, "Epochs to train.", short="-e", ge=1, le=1_000_000, resumable=True)
+    run_name: str = opt("df", "Run directory name under result_path: one folder name.", short="-n",
+                         metavar="NAME")
     result_path: str = opt("results", "Folder that holds run directories.", metavar="DIR")
     log_every: int = opt(50, "Steps between status lines and metrics.jsonl records.", ge=1, resumable=True)
     max_nonfinite: int = opt(20, "Stop after this many steps in a row with a non-finite loss or gradient "
@@ -131,8 +139,8 @@ class VisConfig:
     vis_interval: int = opt(1, "Epochs between sample grids (the last epoch always gets one).", ge=1,
                             resumable=True)
     num_vis: int = opt(-1, "Images per class in the grid (conditional) or in total (unconditional); -1 = 8.",
-                       ge=-1, resumable=True)
-    vis_steps: int = opt(50, "DDIM steps for the preview grid.", ge=1, resumable=True)
+                       ge=-1, le=1000, resumable=True)
+    vis_steps: int = opt(50, "DDIM steps for the preview grid.", ge=1, le=100_000, resumable=True)
     image_format: str = opt("png", "Format of sample grids.", choices=C.IMAGE_FORMATS, resumable=True)
 
 
@@ -155,7 +163,7 @@ class DeviceConfig:
     world_size: int = opt(0, "IDDM's DDP process count: with --distributed, the same as --devices N (0 = all GPUs).",
                           ge=0, metavar="N", compat=True, resumable=True)
     dist_timeout: int = opt(30, "Minutes a process waits for the others at a collective before the run fails.",
-                            ge=1, metavar="MIN", resumable=True)
+                            ge=1, le=10_080, metavar="MIN", resumable=True)
 
 
 SECTIONS: dict[str, type] = {

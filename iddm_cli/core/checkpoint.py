@@ -1,5 +1,6 @@
 """Self-describing checkpoints: written atomically, read with ``torch.load(weights_only=True)``.
 
+Every checkpoint file, ``ckpt_last.pt`` and the kept ``ckpt_NNN.pt`` alike, goes through :func:`atomic_write`.
 One file holds everything: the resolved config, the network name and arguments, image size and channels, class
 names and counts, the diffusion schedule, versions, training progress, the raw and EMA weights, and the optimizer
 and GradScaler state. Only tensors and plain Python values are stored, so loading never runs code.
@@ -7,17 +8,25 @@ and GradScaler state. Only tensors and plain Python values are stored, so loadin
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import platform
+import re
+import shutil
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
 
 from iddm_cli import __version__
-from iddm_cli.errors import CheckpointError, first_line
+from iddm_cli.errors import CheckpointError, StorageError, first_line
 
 FORMAT = "iddm"
 FORMAT_VERSION = 1
@@ -27,23 +36,136 @@ def versions() -> dict[str, str]:
     return {"iddm": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
 
 
+NUMBERED = re.compile(r"^ckpt_(\d{3,})\.pt$")  # ckpt_NNN.pt: the state after NNN epochs; other names are ignored
+
+
+def numbered_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(epochs, file) of every ckpt_NNN.pt in ``run_dir``, oldest first; files named otherwise are not parsed."""
+    found = [(int(m.group(1)), p) for p in run_dir.glob("ckpt_*.pt") if (m := NUMBERED.match(p.name))]
+    return sorted(found)
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block ends: a Ctrl-C during a save lets the file be finished first. (A
+    handler that remembers them, rather than a signal mask: the kernel may hand a signal to any thread, and a
+    torch or DataLoader thread would not have the main thread's mask.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in pending:  # delivered now, to whatever handled it before
+            signal.raise_signal(signum)
+
+
+class _Recorder:
+    """A file that keeps the OSError of a failed write: torch.save reports it only as a RuntimeError."""
+
+    def __init__(self, fh: BinaryIO):
+        self.fh, self.error = fh, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM, errno.EFBIG)
+
+
+def storage_error(err: OSError, path: Path) -> StorageError:
+    """'cannot write PATH: disk full (ENOSPC); the previous checkpoint is kept': one line naming the file and the
+    errno (the last sentence only where the run has a checkpoint)."""
+    code = errno.errorcode.get(err.errno or 0, "")
+    what = "disk full" if err.errno == errno.ENOSPC else (err.strerror or str(err)).lower()
+    folder = path if path.is_dir() else path.parent
+    kept = "; the previous checkpoint is kept" if (folder / "ckpt_last.pt").exists() else ""
+    return StorageError(f"cannot write {path}: {what}" + (f" ({code})" if code else "") + kept)
+
+
+def temp_name(path: Path) -> Path:
+    """The temporary file beside ``path``, named after this host and process so a later start can tell whether
+    its writer is still alive."""
+    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+
+
+def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """Write through ``write(file)`` into a temporary file in the same folder, fsync, rename over ``path``, fsync the
+    folder: readers only ever see a complete old file or a complete new one. Signals wait until it is done. Any
+    OSError (disk full, permission, I/O error) is a StorageError naming the file; ``path`` is then untouched."""
+    tmp = temp_name(path)
+    with signals_held():
+        try:
+            with open(tmp, "wb") as fh:
+                recorder = _Recorder(fh)
+                try:
+                    write(recorder)
+                except RuntimeError:
+                    if recorder.error is not None:
+                        raise recorder.error from None
+                    raise
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as err:
+            raise storage_error(err, path) from None
+        finally:
+            with suppress(OSError):
+                tmp.unlink(missing_ok=True)
+
+
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``: readers only ever see a
-    complete old file or a complete new one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    atomic_write(path, lambda fh: torch.save(payload, fh))
+
+
+def copy_checkpoint(source: Path, path: Path) -> None:
+    """An interval checkpoint: a copy of ckpt_last.pt, written as atomically as the original."""
+    with open(source, "rb") as src:
+        atomic_write(path, lambda fh: shutil.copyfileobj(src, fh, 2**20))
+
+
+def remove_stale_temps(run_dir: Path) -> list[Path]:
+    """Delete temporary checkpoint files whose writer is gone (killed mid-save on this host); returns them."""
+    host, removed = socket.gethostname(), []
+    for tmp in run_dir.glob(".ckpt_*.pt.tmp*"):
+        _, sep, owner = tmp.name.rpartition(".tmp-")
+        writer_host, _, pid = owner.rpartition("-")
+        writer_host = writer_host or host  # .NAME.tmp-PID, as older versions named it: this host's
+        if sep and (writer_host != host or not pid.isdigit() or _alive(int(pid))):
+            continue  # another machine's, or its writer still runs
+        with suppress(OSError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():  # this process writes nothing while it starts: the file is left from an earlier run
+        return False
     try:
-        with open(tmp, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:

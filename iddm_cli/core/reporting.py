@@ -7,6 +7,8 @@ import json
 import os
 import select
 import sys
+import time
+from contextlib import suppress
 from typing import Any
 
 
@@ -49,13 +51,14 @@ class ForwardingReporter(Reporter):
     replays it on the reporter its caller gave (Rich on the command line, anything through the Python API)."""
 
     def __init__(self, fd: int):
-        self.stream: Any = os.fdopen(fd, "wb", buffering=0)
+        self.stream: Any = os.fdopen(fd, "wb")  # buffered: a line is written whole even if a signal interrupts it
 
     def _send(self, name: str, *args: Any) -> None:
         if self.stream is None:
             return
         try:
             self.stream.write((json.dumps([name, *args]) + "\n").encode())
+            self.stream.flush()
         except OSError:  # the launcher is gone (it sends SIGTERM as it dies): keep training quietly until then
             self.stream = None
 
@@ -76,7 +79,8 @@ class ForwardingReporter(Reporter):
 
     def close(self) -> None:
         if self.stream is not None:
-            self.stream.close()
+            with suppress(OSError):
+                self.stream.close()
             self.stream = None
 
 
@@ -86,10 +90,15 @@ class Relay:
     def __init__(self, fd: int, reporter: Reporter):
         self.fd, self.reporter, self.pending = fd, reporter, b""
         os.set_blocking(fd, False)
+        self.poll = select.poll()  # not select(): it fails on descriptors above 1023
+        self.poll.register(fd, select.POLLIN)
 
     def pump(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for output and replay what arrived."""
-        if self.fd < 0 or not select.select([self.fd], [], [], timeout)[0]:
+        if self.fd < 0:  # rank 0 has finished; the others may still be ending
+            time.sleep(timeout)
+            return
+        if not self.poll.poll(timeout * 1000):
             return
         while True:
             try:
@@ -97,13 +106,17 @@ class Relay:
             except BlockingIOError:
                 break
             if not chunk:  # every writer closed its end
+                self.poll.unregister(self.fd)
                 os.close(self.fd)
                 self.fd = -1
                 break
             self.pending += chunk
         *lines, self.pending = self.pending.split(b"\n")
         for line in lines:
-            name, *args = json.loads(line)
+            try:
+                name, *args = json.loads(line)
+            except ValueError:  # not a report (nothing else writes to the pipe): skip it
+                continue
             if name in FORWARDED:
                 getattr(self.reporter, name)(*args)
 
@@ -111,6 +124,7 @@ class Relay:
         if self.fd >= 0:
             self.pump(0)
         if self.fd >= 0:
+            self.poll.unregister(self.fd)
             os.close(self.fd)
             self.fd = -1
 

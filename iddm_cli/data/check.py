@@ -20,7 +20,7 @@ from typing import Any
 
 from PIL import Image
 
-from iddm_cli.data.folder import GRAY_MODES, IMAGE_EXTENSIONS, resolve_dataset_path
+from iddm_cli.data.folder import GRAY_MODES, IMAGE_EXTENSIONS, class_folders, resolve_dataset_path
 from iddm_cli.errors import DataError
 
 ASPECT_LIMIT = 2.0  # wider or taller than this is squashed by the resize to the training size
@@ -118,7 +118,6 @@ def _inspect(path: Path, group: str, deep: bool) -> _FileInfo:
 def _layout(root: Path, kind: str) -> tuple[str, dict[str, Path], list[Problem]]:
     """(layout, {group name: folder}, problems). Groups are classes, the flat root, or train/val."""
     problems: list[Problem] = []
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if kind == "vae":
         groups = {}
         for split in ("train", "val"):
@@ -129,14 +128,10 @@ def _layout(root: Path, kind: str) -> tuple[str, dict[str, Path], list[Problem]]
             else:
                 groups[split] = folder / "images" if (folder / "images").is_dir() else folder
         return "autoencoder", groups, problems
-    with_images = [d for d in subdirs if _has_images(d)]
-    if len(subdirs) >= 2 or (subdirs and len(with_images) >= 2):
-        return "conditional", {d.name: d for d in subdirs}, problems
+    classes = class_folders(root)  # the rule training applies
+    if classes is not None:
+        return "conditional", {d.name: d for d in classes}, problems
     return "unconditional", {"(all)": root}, problems
-
-
-def _has_images(folder: Path) -> bool:
-    return any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.rglob("*") if p.is_file())
 
 
 def _walk(root: Path, groups: dict[str, Path], layout: str) -> tuple[list[tuple[Path, str]], list[Problem]]:

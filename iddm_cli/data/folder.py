@@ -76,19 +76,33 @@ def _images_in(folder: Path, recursive: bool) -> list[Path]:
                   and all(_visible(part) for part in p.relative_to(folder).parts))
 
 
+def class_folders(root: Path, conditional: bool | str = "auto") -> list[Path] | None:
+    """The one layout rule, for training and for `iddm dataset check`: the class folders of a conditional dataset,
+    or None for an unconditional one. ``auto``: conditional when ``root`` holds two or more visible subfolders,
+    each a class, empty ones included (an empty class is an error, never a silent switch to an unconditional
+    model); one subfolder (IDDM's ``images/``) or none: unconditional. ``True``: every subfolder is a class.
+    ``False``: unconditional."""
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and _visible(p))
+    if conditional is False or (conditional == "auto" and len(subdirs) < 2):
+        return None
+    return subdirs
+
+
 def scan_dataset(dataset_path: str, conditional: bool | str = "auto", num_classes: int = 0,
-                 strict: bool = False) -> DatasetInfo:
+                 strict: bool = False, classes: list[str] | None = None) -> DatasetInfo:
     """The quick check before training: find the images and decide the layout. Data that cannot train is a
     DataError (exit 3) pointing at `iddm dataset check`; unreadable files are left out and noted (an error when
-    ``strict``)."""
+    ``strict``). ``classes``: a resumed run's own class names ([] = unconditional), which replace the layout rule,
+    so that a run started under another rule continues on the same classes."""
     try:
-        return _scan(dataset_path, conditional, num_classes, strict)
+        return _scan(dataset_path, conditional, num_classes, strict, classes)
     except DataError as err:
         hint = f"; `iddm dataset check {dataset_path}` lists every problem"
         raise DataError(*[p + hint for p in err.problems]) from None
 
 
-def _scan(dataset_path: str, conditional: bool | str, num_classes: int, strict: bool) -> DatasetInfo:
+def _scan(dataset_path: str, conditional: bool | str, num_classes: int, strict: bool,
+          known: list[str] | None) -> DatasetInfo:
     if not dataset_path:
         raise ConfigError("data.dataset_path is not set: pass --dataset-path DIR or use a profile "
                           "(--profile demo trains on the embedded dataset)")
@@ -98,34 +112,26 @@ def _scan(dataset_path: str, conditional: bool | str, num_classes: int, strict: 
     if not root.is_dir():
         raise DataError(f"dataset path {root} is not a folder (data.dataset_path)")
 
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and _visible(p))
-    per_class = {d.name: _images_in(d, recursive=True) for d in class_dirs}
-    loose = _images_in(root, recursive=False)
+    classes = class_folders(root, conditional) if known is None else [root / name for name in known] or None
     notes: list[str] = []
-
-    if conditional is False:
-        files = _images_in(root, recursive=True)
-        samples = [(p, 0) for p in files]
+    if conditional is True and not classes:
+        raise DataError(f"--conditional needs one subfolder per class, but {root} holds its images directly; "
+                        "drop --conditional to train an unconditional model")
+    if classes is None:
         class_names: list[str] = []
+        samples = [(p, 0) for p in _images_in(root, recursive=True)]
     else:
+        per_class = {d.name: _images_in(d, recursive=True) for d in classes}
         empty = [name for name, imgs in per_class.items() if not imgs]
-        filled = [name for name, imgs in per_class.items() if imgs]
-        use_classes = conditional is True or len(filled) >= 2
-        if conditional is True and not class_dirs:
-            raise DataError(f"--conditional needs one subfolder per class, but {root} holds its images directly; "
-                            "drop --conditional to train an unconditional model")
-        if use_classes:
-            if empty:
-                raise DataError(f"class folder {root / empty[0]} has no images"
-                                + (f" (and {len(empty) - 1} more empty class folders)" if len(empty) > 1 else "")
-                                + "; add images or remove the folder")
-            class_names = filled
-            samples = [(p, i) for i, name in enumerate(class_names) for p in per_class[name]]
-            if loose:
-                notes.append(f"{len(loose)} images directly in {root} are ignored (they belong to no class)")
-        else:
-            class_names = []
-            samples = [(p, 0) for imgs in [loose, *per_class.values()] for p in imgs]
+        if empty:
+            raise DataError(f"class folder {root / empty[0]} has no images"
+                            + (f" (and {len(empty) - 1} more empty class folders)" if len(empty) > 1 else "")
+                            + "; add images, remove the folder, or train unconditionally with --no-conditional")
+        class_names = list(per_class)
+        samples = [(p, i) for i, name in enumerate(class_names) for p in per_class[name]]
+        loose = _images_in(root, recursive=False)
+        if loose:
+            notes.append(f"{len(loose)} images directly in {root} are ignored (they belong to no class)")
 
     if not samples:
         raise DataError(f"no images ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) found in {root}")
@@ -219,7 +225,7 @@ class ImageFolderDataset(Dataset):
         else:
             raise DataError(f"no image of the dataset decodes (first: {bad[0]}); `iddm dataset check` lists them")
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+            torch.manual_seed(((self.seed * 1_000_003 + epoch) * 10_000_019 + index) % 2**63)  # torch takes 64 bits
             x = TF.to_tensor(self.rand(img))  # (C, H, W) in [0, 1]
         return x * 2 - 1, self.samples[i][1], bad
 
@@ -259,7 +265,7 @@ class EpochSampler(Sampler):
         self.epoch, self.start = epoch, start
 
     def __iter__(self):
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + self.epoch))
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed((self.seed * 7919 + self.epoch) % 2**63))
         if self.world > 1:
             order = order.repeat(math.ceil(self.per_rank * self.world / self.n))[:self.per_rank * self.world]
             order = order[self.rank::self.world]

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import math
 import random
-import shutil
 import signal
 import threading
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from iddm_cli.core import checkpoint as ckpt
 from iddm_cli.core.devices import SINGLE, World
 from iddm_cli.core.images import save_grid
 from iddm_cli.core.reporting import Reporter, SilentReporter
-from iddm_cli.core.rundir import NullLogger, RunLogger, write_run_files
+from iddm_cli.core.rundir import NullLogger, RunLock, RunLogger, supersede, write_run_files
 from iddm_cli.data.folder import EpochSampler, ImageFolderDataset, collate
 from iddm_cli.diffusion.schedule import Diffusion
 from iddm_cli.errors import Interrupted, TrainingError
@@ -81,7 +81,7 @@ class _Session:
         self.sampler = EpochSampler(len(dataset), c.train.seed, world.rank, world.size)
         self.loader = DataLoader(
             dataset, batch_size=c.data.batch_size, sampler=self.sampler, num_workers=c.data.num_workers,
-            collate_fn=collate,
+            collate_fn=collate, worker_init_fn=_ignore_stop_signals,
             pin_memory=self.device.type == "cuda", persistent_workers=c.data.num_workers > 0, drop_last=False)
         self.step = 0
         self.skipped = 0
@@ -247,6 +247,7 @@ class _Session:
         return {
             "format": ckpt.FORMAT, "format_version": ckpt.FORMAT_VERSION, "kind": "dm",
             "config": self.c.to_dict(),
+            "created_config": self.plan.created_config or self.c.to_dict(),  # what config.toml must match
             "network": p.network,
             "data": {"image_size": list(p.image_size), "channels": data.channels, "conditional": data.conditional,
                      "class_names": data.class_names, "class_counts": data.class_counts},
@@ -280,12 +281,10 @@ class _Session:
         if position == 0 and s.save_model_interval and epochs_done > s.start_model_interval \
                 and epochs_done % s.save_model_interval_epochs == 0:
             kept = run_dir / f"ckpt_{epochs_done:03d}.pt"
-            tmp = kept.with_name(f".{kept.name}.tmp")
-            shutil.copyfile(last, tmp)
-            tmp.replace(kept)
-            if s.keep_last:
-                numbered = sorted(run_dir.glob("ckpt_[0-9][0-9][0-9]*.pt"), key=lambda p: int(p.stem[5:]))
-                for old in numbered[:-s.keep_last]:
+            ckpt.copy_checkpoint(last, kept)
+            if s.keep_last:  # the oldest go; never the one just written, even if newer numbers were left behind
+                older = [path for _, path in ckpt.numbered_checkpoints(run_dir) if path != kept]
+                for old in older[:max(0, len(older) + 1 - s.keep_last)]:
                     old.unlink()
         return last
 
@@ -336,6 +335,14 @@ class _Session:
         return path
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers ignore Ctrl-C and SIGTERM: a terminal or a scheduler (Slurm signals every process of a
+    job) sends them to the workers too, and the training process, which saves and stops, ends its workers itself
+    (a worker that died first would fail the next batch); a worker whose parent died stops by itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _stop_on_signals(session: _Session) -> Any:
     """SIGINT/SIGTERM set a flag the loop checks after each step; in a single process a second one acts at once
     (atomic checkpoint writes keep every file whole). A launched worker never escalates: launchers deliver a
@@ -356,23 +363,39 @@ def _stop_on_signals(session: _Session) -> Any:
     return lambda: [signal.signal(sig, h) for sig, h in previous.items()]
 
 
+def _open_run(plan: Plan, state: dict[str, Any] | None, provenance: dict[str, Any] | None,
+              reporter: Reporter) -> tuple[RunLock, RunLogger]:
+    """Rank 0: claim (a new run) and lock the run directory, write its record files, clean up after killed saves,
+    move superseded states aside. Returns the lock and the logger."""
+    run_dir = plan.run_dir if state is not None or plan.claimed else plan.claim()
+    lock = RunLock(run_dir).acquire()  # before anything is written: one process trains in a run
+    data = plan.data
+    classes = {"conditional": data.conditional, "class_names": data.class_names, "class_counts": data.class_counts,
+               "images": len(data.samples)}
+    write_run_files(run_dir, plan.config, classes, provenance, state is not None)
+    logger = RunLogger(run_dir)
+    for note in filter(None, [lock.note]):
+        logger.log(note)
+        reporter.info(note)
+    for tmp in ckpt.remove_stale_temps(run_dir):
+        logger.log(f"removed {tmp.name}, left by a save that was killed")
+    if plan.superseded:
+        logger.log(f"moved {', '.join(p.name for p in plan.superseded)} to {supersede(run_dir, plan.superseded)}")
+    return lock, logger
+
+
 def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, Any] | None = None,
           state: dict[str, Any] | None = None, world: World = SINGLE) -> TrainResult:
     """Run the whole training, or continue it from a saved ``state`` in the same run directory. Under DDP every
     rank calls this with its ``world``; rank 0 alone creates and writes the run directory."""
-    c, run_dir = plan.config, plan.run_dir
-    if world.is_main:
-        reporter = reporter or Reporter()
-        run_dir = plan.run_dir if state is not None or plan.claimed else plan.claim()
-        data = plan.data
-        classes = {"conditional": data.conditional, "class_names": data.class_names,
-                   "class_counts": data.class_counts, "images": len(data.samples)}
-        write_run_files(run_dir, c, classes, provenance, state is not None)
-        logger: RunLogger | NullLogger = RunLogger(run_dir)
-    else:
-        reporter, logger = SilentReporter(), NullLogger()
+    c = plan.config
+    lock, logger = None, NullLogger()  # type: tuple[RunLock | None, RunLogger | NullLogger]
+    reporter = (reporter or Reporter()) if world.is_main else SilentReporter()
     restore_signals = lambda: None  # noqa: E731
     try:
+        if world.is_main:
+            lock, logger = _open_run(plan, state, provenance, reporter)
+        run_dir = plan.run_dir
         for line in plan.describe():
             logger.log(line)
             reporter.info(line)
@@ -384,14 +407,8 @@ def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, An
                                             f"(step {session.step})"]):
                 logger.log(line)
                 reporter.info(line)
-        elif c.train.pretrain:  # rank 0 reads the file (other nodes may not have it) and sends the weights
-            path = Path(c.train.pretrain_path).expanduser()
-            if world.is_main:
-                for note in ckpt.load_pretrained(session.model, ckpt.load_checkpoint(path), path):
-                    logger.log(note)
-                    reporter.info(note)
-            if world.launched:
-                dist.broadcast_tensors(session.model.state_dict().values())
+        elif c.train.pretrain and world.launched:  # rank 0 loaded the file while planning; it sends the weights
+            dist.broadcast_tensors(session.model.state_dict().values())
             session.ema = EMA(session.model, c.optim.ema_decay)
         if world.launched:
             logger.log(dist.check_consistency(world, _weights(session)))
@@ -419,10 +436,17 @@ def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, An
     except Interrupted as err:
         logger.log(err.problems[0])
         raise
+    except OSError as err:  # the log, a preview grid, a rotation: the disk failed outside a checkpoint write
+        if err.errno not in ckpt.STORAGE_ERRNOS:
+            raise
+        raise ckpt.storage_error(err, Path(err.filename) if err.filename else plan.run_dir) from None
     finally:
         restore_signals()
-        logger.close()
+        with suppress(OSError):  # a full disk must not hide the error that stopped the run
+            logger.close()
         reporter.close()
+        if lock is not None:
+            lock.release()
 
 
 def _weights(session: _Session) -> dict[str, Any]:

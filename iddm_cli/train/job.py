@@ -24,6 +24,7 @@ class Job:
     start_epoch: int = -1  # resume: -1 = the newest state
     provenance: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] | None = None  # the launcher's dataset scan (DatasetInfo.to_json), so rank 0 need not redo it
+    force: bool = False  # resume: --start-epoch may move newer states aside
     reporter: str = "plain"  # how rank 0 reports: forward (to iddm's launcher), plain (stderr) or silent
 
 
@@ -32,7 +33,10 @@ def prepare(job: Job, world: World | None = None) -> tuple[Plan, dict[str, Any] 
     data = DatasetInfo.from_json(job.data) if job.data is not None else None
     if job.kind == "resume":
         assert job.run_dir is not None
-        return plan_resume(job.run_dir, job.overrides, job.start_epoch, world, data)
+        return plan_resume(job.run_dir, job.overrides, job.start_epoch, world, data, job.force)
     assert job.config is not None
     config = config_from_dict(job.config, "the resolved configuration")
-    return plan_training(config, world=world, data=data), None, []
+    plan = plan_training(config, world=world, data=data)
+    if config.train.pretrain:  # read now, so that a missing or unfit file fails before anything is written
+        plan.load_pretrained()
+    return plan, None, []

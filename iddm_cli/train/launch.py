@@ -61,6 +61,8 @@ def execute(job: Job, reporter: Reporter, dry_run: bool = False) -> TrainResult 
         return train(plan, reporter, job.provenance, state)
     # rank 0 plans again without re-scanning, and sends its reports here, to the caller's reporter
     layout, job = plan.layout, replace(job, data=plan.data.to_json(), reporter="forward")
+    if job.kind == "resume":  # the workers pick their devices from the job: the run's settings, not config.toml's
+        job.overrides = {**job.overrides, **asdict(plan.config.device)}
     del plan, state  # the workers build their own; this process only supervises
     return launch(job, layout, reporter)
 
@@ -157,6 +159,11 @@ def _supervise(procs: list[subprocess.Popen], wait: Callable[[float], None] = ti
                         p.kill()  # blocked in a collective, SIGTERM would not reach it
                         killed.add(rank)
             wait(0.05)
+    except BaseException:  # never leave workers running unsupervised (a reporter that raised, say)
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        raise
     finally:
         for sig, handler in restore.items():
             signal.signal(sig, handler)

@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from iddm_cli.config import Config, image_hw
+from iddm_cli.core.checkpoint import load_checkpoint, load_pretrained
 from iddm_cli.core.devices import Layout, World, plan_layout
-from iddm_cli.core.rundir import check_writable, claim_run_dir, plan_run_dir
+from iddm_cli.core.rundir import check_free_space, check_writable, claim_run_dir, plan_run_dir
 from iddm_cli.data.folder import DatasetInfo, scan_dataset
 from iddm_cli.errors import ConfigError
 from iddm_cli.nets import build_network, count_parameters
@@ -37,6 +38,8 @@ class Plan:
     world_size: int = 1  # processes training together (each with its own batch)
     notes: list[str] = field(default_factory=list)
     claimed: bool = False  # run_dir has been created and claimed by this process
+    created_config: dict[str, Any] | None = None  # a resumed run's config at creation (checkpoints carry it)
+    superseded: list[Path] = field(default_factory=list)  # newer states an --start-epoch --force run moves aside
 
     def claim(self, launch_id: str = "") -> Path:
         """Create the run directory and make it this run's (a name taken meanwhile moves it to NAME-N)."""
@@ -44,6 +47,11 @@ class Plan:
         self.run_dir = claim_run_dir(self.run_dir, t.result_path, t.run_name, launch_id)
         self.claimed = True
         return self.run_dir
+
+    def load_pretrained(self) -> None:
+        """Copy --pretrain-path's weights into the model (checked against it); the notes join the plan's."""
+        path = Path(self.config.train.pretrain_path).expanduser()
+        self.notes += load_pretrained(self.model, load_checkpoint(path), path)
 
     @property
     def total_steps(self) -> int:
@@ -74,6 +82,11 @@ class Plan:
 
 
 # ----------------------------------------------------------------------------------------------- planning
+def checkpoint_bytes(model: nn.Module) -> int:
+    """About the size of one training checkpoint: fp32 weights, their EMA and two Adam moments, plus 1 MiB."""
+    return 4 * 4 * sum(p.numel() for p in model.parameters()) + 2**20
+
+
 def select_amp(device: torch.device, enabled: bool) -> tuple[torch.dtype | None, bool, str | None]:
     """(autocast dtype or None, use a GradScaler, note): bf16 where the hardware has it, else fp16 on CUDA."""
     if not enabled:
@@ -88,19 +101,19 @@ def select_amp(device: torch.device, enabled: bool) -> tuple[torch.dtype | None,
 
 
 def plan_training(config: Config, run_dir: Path | None = None, world: World | None = None,
-                  data: DatasetInfo | None = None) -> Plan:
+                  data: DatasetInfo | None = None, classes: list[str] | None = None) -> Plan:
     """Validate data, device and output folder, and build the model. Writes nothing. ``run_dir``: an existing
     run to continue (a new one is planned otherwise). ``world``: this process's place in a launched process group.
     ``data``: a scan made already (by iddm's launcher, or rank 0's for the other ranks, so that every rank indexes
-    the same files), used instead of scanning again. Only a process that writes (not a rank other than 0) checks
-    the output folder."""
+    the same files), used instead of scanning again. ``classes``: a resumed run's class names, which the scan
+    keeps to. Only a process that writes (not a rank other than 0) checks the output folder."""
     layout = plan_layout(config, world)
     world_size = world.size if world is not None and world.launched else layout.nproc
     device = layout.device(world)
     if data is None:
         data = scan_dataset(config.data.dataset_path, config.data.conditional, config.data.num_classes,
-                            config.data.strict_data)
-    dir_note = None
+                            config.data.strict_data, classes)
+    dir_note, new_run = None, run_dir is None
     if run_dir is None:
         run_dir, dir_note = plan_run_dir(config.train.result_path, config.train.run_name)
     if world is None or world.is_main:
@@ -113,6 +126,9 @@ def plan_training(config: Config, run_dir: Path | None = None, world: World | No
               "act": config.model.act}
     torch.manual_seed(config.train.seed)  # the initial weights depend on the seed alone
     model = build_network(config.model.network, **kwargs)
+    if world is None or world.is_main:
+        # a new run needs room for its first checkpoint and the next one beside it; a resumed run for one more
+        check_free_space(run_dir, checkpoint_bytes(model) * (2 if new_run else 1))
     steps_per_epoch = math.ceil(math.ceil(len(data.samples) / world_size) / config.data.batch_size)
     notes = [n for n in (amp_note, dir_note, *layout.notes, *data.notes) if n]
     h, w = image_hw(config)

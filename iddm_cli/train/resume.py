@@ -14,10 +14,11 @@ from typing import Any
 
 from iddm_cli.config import FIELDS, Config, config_from_dict
 from iddm_cli.config.loader import coerce
-from iddm_cli.core.checkpoint import load_checkpoint
+from iddm_cli.core.checkpoint import load_checkpoint, numbered_checkpoints
 from iddm_cli.core.devices import World
+from iddm_cli.core.rundir import RunLock
 from iddm_cli.data.folder import DatasetInfo
-from iddm_cli.errors import CheckpointError, ConfigError, DataError
+from iddm_cli.errors import CheckpointError, ConfigError, DataError, first_line
 from iddm_cli.train.plan import Plan, plan_training
 
 if sys.version_info >= (3, 11):
@@ -36,8 +37,7 @@ def find_state(run_dir: Path, start_epoch: int = -1) -> tuple[Path, dict[str, An
     if start_epoch >= 0:
         candidates = [run_dir / f"ckpt_{start_epoch:03d}.pt"]
     else:
-        numbered = sorted(run_dir.glob("ckpt_[0-9][0-9][0-9]*.pt"), key=lambda p: int(p.stem[5:]), reverse=True)
-        candidates = [run_dir / "ckpt_last.pt", *numbered]
+        candidates = [run_dir / "ckpt_last.pt", *(path for _, path in reversed(numbered_checkpoints(run_dir)))]
     notes = []
     for path in candidates:
         if not path.exists():
@@ -52,32 +52,88 @@ def find_state(run_dir: Path, start_epoch: int = -1) -> tuple[Path, dict[str, An
 
 
 def plan_resume(run_dir: str | Path, overrides: dict[str, Any], start_epoch: int = -1, world: World | None = None,
-                data: DatasetInfo | None = None) -> tuple[Plan, dict[str, Any], list[str]]:
-    """(plan, state, notes). ``overrides`` are flag values by key; unchanged values are accepted, changed ones
-    only when they are in RESUME_OVERRIDES (the device layout among them: a run may continue on another number
-    of processes). ``world``: this process's place in a launched group; ``data``: a scan made already."""
+                data: DatasetInfo | None = None, force: bool = False) -> tuple[Plan, dict[str, Any], list[str]]:
+    """(plan, state, notes). The checkpoint's own config is the truth; ``config.toml`` is the record written when
+    the run was created, and any difference from it is an error naming the keys. ``overrides`` are flag values by
+    key: unchanged values are accepted, changed ones only when the key is resumable. ``start_epoch`` N continues
+    from ckpt_NNN.pt; newer states then need ``force`` and are moved aside when training starts. ``world``: this
+    process's place in a launched group; ``data``: a scan made already. Writes nothing."""
     run = Path(run_dir).expanduser()
     toml = run / "config.toml"
     if not toml.is_file():
         raise ConfigError(f"{run} is not a run directory (it has no config.toml)")
-    config = config_from_dict(tomllib.loads(toml.read_text(encoding="utf-8")), str(toml))
-    _apply_overrides(config, overrides, run)
+    if world is None or world.is_main:
+        RunLock(run).check()
     path, state, notes = find_state(run, start_epoch)
+    config = config_from_dict(state["config"], f"{path} (the config saved in it)")
+    created = _check_record(toml, path, state)
+    changed = _apply_overrides(config, overrides, run)
+    newer = _newer_states(run, path, state) if start_epoch >= 0 else []
+    if newer and not force:
+        raise ConfigError(f"--start-epoch {start_epoch}: newer states exist ({', '.join(p.name for p in newer)}); "
+                          "continuing from an older one would replace them. Add --force to move them to "
+                          f"{run}/superseded-<time>/ (nothing is deleted)")
     done, position = state["progress"]["epoch"], state["progress"].get("position", 0)
     if done >= config.train.epochs:
         state_is = f"is the state after {done} epochs" + (f" and {position} batches" if position else "")
         raise ConfigError(f"{path} {state_is}, and the run has train.epochs = {config.train.epochs}: nothing is "
                           f"left to train; extend it with --epochs {done + 10}, for example")
-    plan = plan_training(config, run, world, data)
+    plan = plan_training(config, run, world, data, classes=state["data"]["class_names"])
+    plan.created_config, plan.superseded = created, newer
+    if changed:  # part of the plan, so train.log records them (config.toml stays the creation record)
+        plan.notes.append(f"changed on resume: {', '.join(changed)}")
     if plan.data.class_names != state["data"]["class_names"] or plan.data.channels != state["data"]["channels"]:
         raise DataError(f"the dataset at {config.data.dataset_path} no longer matches the run (classes or channels "
                         "changed); resume needs the data the run was started with")
+    if newer:
+        notes.append(f"--force: {', '.join(p.name for p in newer)} will be moved to {run}/superseded-<time>/")
     notes.append(f"continuing from {path.name}: epoch {done + 1}, batch {position}, step {state['progress']['step']}")
     return plan, state, notes
 
 
-def _apply_overrides(config: Config, overrides: dict[str, Any], run: Path) -> None:
-    errors = []
+def _check_record(toml: Path, path: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """Compare config.toml with the config the run was created with (the checkpoint carries it; older checkpoints
+    only their current one, so then only the settings that cannot change are compared). Returns the creation
+    config."""
+    try:
+        recorded = config_from_dict(tomllib.loads(toml.read_text(encoding="utf-8")), str(toml))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{toml}: unreadable ({first_line(err)}); it is the run's record, written when the run "
+                          "was created: restore it from a backup, or copy the settings from `iddm resume --dry-run` "
+                          "of a copy of the run") from None
+    created = state.get("created_config")
+    reference = config_from_dict(created or state["config"], f"{path} (the config saved in it)")
+    keys = [spec for name, spec in FIELDS.items() if created or not spec.resumable]
+    differ = [f"{spec.dotted} ({_value(reference, spec)!r} in {path.name}, {_value(recorded, spec)!r} in config.toml)"
+              for spec in keys if _value(reference, spec) != _value(recorded, spec)]
+    if differ:
+        raise ConfigError(f"{toml} differs from {path}: {'; '.join(differ)}. config.toml records how the run was "
+                          "created and is never read back: undo the edit. Settings that may change take a flag "
+                          "(iddm resume RUN --epochs N, see iddm resume --help); others need a new run")
+    return created or recorded.to_dict()
+
+
+def _value(config: Config, spec: Any) -> Any:
+    return getattr(getattr(config, spec.section), spec.name)
+
+
+def _newer_states(run: Path, chosen: Path, state: dict[str, Any]) -> list[Path]:
+    """States that a continuation from ``chosen`` would replace: later ckpt_NNN.pt and a later ckpt_last.pt."""
+    done = state["progress"]["epoch"]
+    newer = [p for epochs, p in numbered_checkpoints(run) if epochs > done and p != chosen]
+    last = run / "ckpt_last.pt"
+    if last.exists() and last != chosen:
+        try:
+            if load_checkpoint(last)["progress"]["step"] > state["progress"]["step"]:
+                newer.append(last)
+        except CheckpointError:
+            newer.append(last)  # unreadable: kept aside all the same
+    return newer
+
+
+def _apply_overrides(config: Config, overrides: dict[str, Any], run: Path) -> list[str]:
+    """Apply the flags given with a resume; returns one line per setting changed (train.log records them)."""
+    errors, changed = [], []
     for name, raw in overrides.items():
         if raw is None or name in IGNORED_ON_RESUME:
             continue
@@ -94,6 +150,8 @@ def _apply_overrides(config: Config, overrides: dict[str, Any], run: Path) -> No
                           f"{value!r}): it would change the model, the data or the training computation. Start a new "
                           f"run instead (--pretrain --pretrain-path {run / 'ckpt_last.pt'} keeps the weights)")
             continue
+        changed.append(f"{spec.dotted} {getattr(section, name)!r} -> {value!r}")
         setattr(section, name, value)
     if errors:
         raise ConfigError(*errors)
+    return changed

@@ -24,7 +24,7 @@ from iddm_cli.config.schema import DeviceConfig
 from iddm_cli.core.devices import World, plan_layout, world_from_env
 from iddm_cli.core.reporting import Reporter, SilentReporter, build_reporter
 from iddm_cli.core.rundir import find_launch_run
-from iddm_cli.errors import ConfigError, ExitCode, IddmError, exit_code_for_signal
+from iddm_cli.errors import ConfigError, ExitCode, IddmError, exit_code_for_signal, first_line
 from iddm_cli.train import distributed as dist
 from iddm_cli.train.distributed import PeerLost
 from iddm_cli.train.engine import TrainResult, plan_training, train
@@ -71,14 +71,19 @@ def _die_with_launcher() -> None:
 
 def _device_settings(job: Job) -> Config:
     """The settings that pick this rank's device, known before the group exists: the job's config, or for a
-    resume the run's config.toml, which a node without the run directory replaces by --device on the command
-    line (every rank must choose the same backend)."""
+    resume the device settings iddm's launcher put in the job; under torchrun, the run's config.toml (as the run was
+    created) with the flags given, which a node without the run directory must give as --device (every rank must
+    choose the same backend)."""
     if job.config is not None:
         return config_from_dict(job.config, "the resolved configuration")
     config = Config()
     toml = Path(job.run_dir or "").expanduser() / "config.toml"
     if toml.is_file():
-        config = config_from_dict(tomllib.loads(toml.read_text(encoding="utf-8")), str(toml))
+        try:
+            config = config_from_dict(tomllib.loads(toml.read_text(encoding="utf-8")), str(toml))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{toml}: unreadable ({first_line(err)}); give the run's --device on the command "
+                              "line") from None
     elif job.overrides.get("device") is None:
         raise ConfigError(f"this node cannot read {toml}; give the run's --device (and --dist-timeout if it was "
                           "changed) on the command line, or put the run directory on a shared filesystem")
