@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import random
 import signal
-import threading
 import time
 from contextlib import suppress
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from iddm_cli.train.ema import EMA
 from iddm_cli.train.objectives import LOSSES, LR_FUNCS, OPTIMIZERS
 from iddm_cli.train.plan import Plan, plan_training
 from iddm_cli.train.preview import sharded_sample
+from iddm_cli.train.signals import ignore_stop_signals, stop_on_signals
 
 __all__ = ["Plan", "TrainResult", "plan_training", "train"]  # re-exported for callers
 
@@ -81,7 +81,7 @@ class _Session:
         self.sampler = EpochSampler(len(dataset), c.train.seed, world.rank, world.size)
         self.loader = DataLoader(
             dataset, batch_size=c.data.batch_size, sampler=self.sampler, num_workers=c.data.num_workers,
-            collate_fn=collate, worker_init_fn=_ignore_stop_signals,
+            collate_fn=collate, worker_init_fn=ignore_stop_signals,
             pin_memory=self.device.type == "cuda", persistent_workers=c.data.num_workers > 0, drop_last=False)
         self.step = 0
         self.skipped = 0
@@ -335,34 +335,6 @@ class _Session:
         return path
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader workers ignore Ctrl-C and SIGTERM: a terminal or a scheduler (Slurm signals every process of a
-    job) sends them to the workers too, and the training process, which saves and stops, ends its workers itself
-    (a worker that died first would fail the next batch); a worker whose parent died stops by itself."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def _stop_on_signals(session: _Session) -> Any:
-    """SIGINT/SIGTERM set a flag the loop checks after each step; in a single process a second one acts at once
-    (atomic checkpoint writes keep every file whole). A launched worker never escalates: launchers deliver a
-    signal more than once (the terminal and torchrun both do), and iddm's own launcher escalates itself.
-    Returns a function that restores the previous handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def handler(signum: int, frame: Any) -> None:
-        session.stop_signal = signum
-        if not session.world.launched:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-    for sig in previous:
-        signal.signal(sig, handler)
-    return lambda: [signal.signal(sig, h) for sig, h in previous.items()]
-
-
 def _open_run(plan: Plan, state: dict[str, Any] | None, provenance: dict[str, Any] | None,
               reporter: Reporter) -> tuple[RunLock, RunLogger]:
     """Rank 0: claim (a new run) and lock the run directory, write its record files, clean up after killed saves,
@@ -412,7 +384,7 @@ def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, An
             session.ema = EMA(session.model, c.optim.ema_decay)
         if world.launched:
             logger.log(dist.check_consistency(world, _weights(session)))
-        restore_signals = _stop_on_signals(session)
+        restore_signals = stop_on_signals(session)
         last, mean_loss = run_dir / "ckpt_last.pt", float("nan")
         for epoch in range(start_epoch, c.train.epochs):
             mean_loss = session.run_epoch(epoch, position if epoch == start_epoch else 0)
