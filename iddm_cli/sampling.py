@@ -10,7 +10,7 @@ import difflib
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +19,16 @@ from PIL import Image
 
 from iddm_cli import __version__
 from iddm_cli.config.commands import SampleConfig
-from iddm_cli.core.checkpoint import load_checkpoint, strip_prefix
+from iddm_cli.config.loader import name_problem
+from iddm_cli.core.checkpoint import strip_prefix
 from iddm_cli.core.devices import parse_device, visible_gpus
+from iddm_cli.core.iddm_import import load_any
 from iddm_cli.core.images import PIL_FORMATS, save_grid, to_uint8
 from iddm_cli.core.rundir import check_writable, plan_run_dir
 from iddm_cli.diffusion.samplers import SAMPLERS, sample, timesteps
 from iddm_cli.diffusion.schedule import Diffusion
 from iddm_cli.errors import ConfigError
-from iddm_cli.nets import build_network
+from iddm_cli.nets import build_stored
 
 SampleRequest = SampleConfig  # the settings of one ``iddm sample`` call; defaults and bounds live in the schema
 
@@ -37,6 +39,7 @@ class SampleResult:
     files: list[Path]
     grid: Path | None
     manifest: Path
+    notes: list[str] = field(default_factory=list)
 
 
 def resolve_checkpoint(path: str) -> Path:
@@ -45,27 +48,36 @@ def resolve_checkpoint(path: str) -> Path:
     return p / "ckpt_last.pt" if p.is_dir() else p
 
 
-def select_device(spec: str) -> torch.device:
-    """``--device`` of ``iddm sample``, parsed as the trainers parse it; one device."""
-    kind, index = parse_device(spec)
+def select_device(spec: str, use_gpu: int | None = None) -> tuple[torch.device, str | None]:
+    """(device, note): ``--device`` of ``iddm sample``, parsed as the trainers parse it; one device. IDDM's
+    ``--use-gpu N`` is cuda:N, or the CPU with a note when no GPU is visible (as IDDM's generator did)."""
     gpus = visible_gpus()
+    if use_gpu is not None:
+        if spec not in ("auto", f"cuda:{use_gpu}"):
+            raise ConfigError(f"--use-gpu {use_gpu} contradicts --device {spec}; give one of them")
+        if not gpus:
+            return torch.device("cpu"), f"note: --use-gpu {use_gpu}: no GPU is visible, so sampling runs on the CPU"
+        spec = f"cuda:{use_gpu}"
+    kind, index = parse_device(spec)
     if kind == "cpu" or (kind == "auto" and not gpus):
-        return torch.device("cpu")
+        return torch.device("cpu"), None
     if (index or 0) >= gpus:
         raise ConfigError(f"--device {spec}: no such GPU here ({gpus} visible)")
-    return torch.device("cuda", index or 0)
+    return torch.device("cuda", index or 0), None
 
 
 def _labels(req: SampleRequest, meta: dict[str, Any]) -> list[int] | None:
     """The selected class ids (each repeated ``num`` times later); None for an unconditional model."""
     names: list[str] = meta["class_names"]
     if not meta["conditional"]:
-        if req.class_name or req.class_id:
+        if [name for name in req.class_name if name != "-1"] or req.class_id:  # IDDM passes -1 to any model
             raise ConfigError("--class-name/--class-id: this checkpoint is unconditional (it has no classes)")
         return None
     ids: list[int] = []
     for name in req.class_name:
-        if name in names:
+        if name == "-1":  # IDDM's --class_name -1: every class
+            ids.extend(range(len(names)))
+        elif name in names:
             ids.append(names.index(name))
         elif name.isdigit() and int(name) < len(names):  # IDDM's --class_name took an index
             ids.append(int(name))
@@ -95,7 +107,32 @@ def check_request(req: SampleRequest, ckpt: dict[str, Any]) -> tuple[str, int, f
     if req.cfg_scale is not None and not ckpt["data"]["conditional"]:
         raise ConfigError("--cfg-scale: this checkpoint is unconditional, so there is nothing to guide")
     cfg = req.cfg_scale if req.cfg_scale is not None else float(ckpt["config"]["diffusion"]["cfg_scale"])
+    check_iddm_flags(req, ckpt)
+    problem = name_problem(req.generate_name) if req.generate_name is not None else None
+    if problem:  # it starts every file name: it must not lead out of the output folder
+        raise ConfigError(f"--generate-name {req.generate_name!r}: expected a plain name ({problem})")
     return sampler, steps, cfg
+
+
+def check_iddm_flags(req: SampleRequest, ckpt: dict[str, Any]) -> None:
+    """IDDM's generate flags that describe the model: accepted when they agree with the checkpoint (which IDDM also
+    preferred), refused with the checkpoint's value when they do not."""
+    data, net = ckpt["data"], ckpt["network"]
+    h, w = data["image_size"]
+    stored = {"image_size": (h, w), "network": net["name"], "act": net["kwargs"].get("act"),
+              "num_classes": len(data["class_names"]), "conditional": data["conditional"]}
+    given = {"image_size": (req.image_size, req.image_size) if isinstance(req.image_size, int) else
+             tuple(req.image_size) if req.image_size else None, "network": req.network, "act": req.act,
+             "num_classes": req.num_classes, "conditional": req.conditional}
+    problems = [f"--{name.replace('_', '-')} {given[name]!r}: the checkpoint says {stored[name]!r}, and a checkpoint "
+                "computes only what it was trained as (drop the flag: iddm sample reads it from the checkpoint)"
+                for name in given if given[name] is not None and given[name] != stored[name]]
+    if req.mode == "text":
+        problems.append("--mode text: text conditioning was a stub in IDDM and is not offered; use --mode class")
+    if req.latent:
+        problems.append("--latent: latent diffusion checkpoints are not in this release; sample a pixel-space one")
+    if problems:
+        raise ConfigError(*problems)
 
 
 def generate(req: SampleRequest, progress: Callable[[int, int], None] | None = None) -> SampleResult:
@@ -103,20 +140,21 @@ def generate(req: SampleRequest, progress: Callable[[int, int], None] | None = N
     if not req.checkpoint:
         raise ConfigError("give a checkpoint: iddm sample RUN_DIR or iddm sample path/to/ckpt_last.pt")
     path = resolve_checkpoint(req.checkpoint)
-    ckpt = load_checkpoint(path)
+    ckpt, converted = load_any(path)  # an IDDM 1.x checkpoint is converted in memory
     sampler, steps, cfg_scale = check_request(req, ckpt)
     meta = ckpt["data"]
     ids = _labels(req, meta)
-    device = select_device(req.device)
+    device, device_note = select_device(req.device, req.use_gpu)
     out_dir = output_dir(req, path, sampler, steps)  # checked before any sampling
 
     weights = "ema" if req.ema and ckpt.get("ema") else "model"
-    model = build_network(ckpt["network"]["name"], **ckpt["network"]["kwargs"])
+    model = build_stored(ckpt["network"])
     model.load_state_dict(strip_prefix(ckpt[weights]))
     model.to(device).eval()
     diffusion = Diffusion(ckpt["diffusion"]["name"], ckpt["diffusion"]["noise_steps"])
 
-    labels = [i for i in ids for _ in range(req.num)] if ids is not None else None
+    per_class = 1 if "-1" in req.class_name else req.num  # IDDM's -1: one image of every class
+    labels = [i for i in ids for _ in range(per_class)] if ids is not None else None
     n = len(labels) if labels is not None else req.num
     h, w = meta["image_size"]
     gens = [torch.Generator().manual_seed((req.seed * 1_000_003 + k) % 2**63) for k in range(n)]
@@ -132,7 +170,9 @@ def generate(req: SampleRequest, progress: Callable[[int, int], None] | None = N
                              cfg_scale=cfg_scale if y is not None else 1.0, eta=req.eta,
                              generators=gens[start:stop]).cpu())
     images_t = torch.cat(images)
-    return _write(req, ckpt, path, out_dir, images_t, labels, sampler, steps, cfg_scale, weights)
+    result = _write(req, ckpt, path, out_dir, images_t, labels, sampler, steps, cfg_scale, weights)
+    result.notes += [n for n in (converted, device_note) if n]
+    return result
 
 
 class _CountingModel(torch.nn.Module):
@@ -177,6 +217,7 @@ def _write(req: SampleRequest, ckpt: dict[str, Any], path: Path, out_dir: Path, 
     files, counters = [], {}
     for k in range(pixels.shape[0]):
         stem = names[labels[k]] if labels is not None else "sample"
+        stem = f"{req.generate_name}_{stem}" if req.generate_name else stem
         counters[stem] = counters.get(stem, -1) + 1
         array = pixels[k].permute(1, 2, 0).numpy() if pixels.shape[1] == 3 else pixels[k, 0].numpy()
         file = out_dir / f"{stem}_{counters[stem]:04d}.{req.image_format}"
@@ -188,7 +229,8 @@ def _write(req: SampleRequest, ckpt: dict[str, Any], path: Path, out_dir: Path, 
             rows, row_labels = len(set(labels)), [names[i] for i in dict.fromkeys(labels)]
         else:
             rows, row_labels = max(1, round(math.sqrt(len(files)))), None
-        grid = save_grid(images, out_dir / f"grid.{req.image_format}", rows, row_labels, req.image_format)
+        prefix = f"{req.generate_name}_" if req.generate_name else ""
+        grid = save_grid(images, out_dir / f"{prefix}grid.{req.image_format}", rows, row_labels, req.image_format)
     manifest = out_dir / "manifest.json"
     settings = {**asdict(req), "sampler": sampler, "steps": steps, "cfg_scale": cfg_scale if labels else None}
     manifest.write_text(json.dumps({

@@ -10,7 +10,7 @@ from iddm_cli.diffusion.oracle import GaussianOracle
 from iddm_cli.diffusion.samplers import SAMPLERS, sample, timesteps
 from iddm_cli.diffusion.schedule import SCHEDULES, Diffusion
 from iddm_cli.nets import NETWORKS, build_network, count_parameters
-from iddm_cli.nets.layers import ACTIVATIONS
+from iddm_cli.nets.layers import ACTIVATIONS, EmbProjection
 from iddm_cli.train.objectives import LOSSES, LR_FUNCS, OPTIMIZERS
 
 
@@ -35,11 +35,13 @@ def test_parameter_counts_match_iddm(name, expected):
 def test_every_activation_is_applied(act):
     torch.manual_seed(0)
     model = build_network("unet", in_channels=1, out_channels=1, base_channels=4, num_classes=0, act=act)
-    kinds = {type(m) for m in model.modules()}
+    kinds = {type(m) for name, m in model.named_modules() if ".emb.proj" not in name}
     expected = type(ACTIVATIONS[act]())
     assert expected in kinds
     others = {type(ACTIVATIONS[a]()) for a in choices.ACTIVATIONS if a != act} - {expected}
     assert not kinds & others
+    # IDDM's time-embedding projections are SiLU -> Linear whatever the activation
+    assert {type(m.proj[0]) for m in model.modules() if isinstance(m, EmbProjection)} == {torch.nn.SiLU}
 
 
 def test_gray_and_rgb_shapes_and_null_class():

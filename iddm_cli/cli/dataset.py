@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from iddm_cli.cli.common import IddmCommand, command_from, err_console, report_errors
-from iddm_cli.config.commands import COMMANDS, DATASET_CHECK, DatasetCheckConfig
+from iddm_cli.config.commands import COMMANDS, DATASET_CHECK, DATASET_GET, DatasetCheckConfig, DatasetGetConfig
 from iddm_cli.errors import ExitCode
 
 app = typer.Typer(help="Dataset tools.", no_args_is_help=True)
@@ -66,3 +66,39 @@ def _print(report, summary: str) -> None:
 app.command("check", cls=IddmCommand, short_help="Validate a dataset before training.",
             help="Report everything wrong with a dataset before training: exit 0 (warnings allowed), 3 on errors.",
             )(command_from(COMMANDS["dataset check"], check_command))
+
+
+def get_command(options: dict[str, Any]) -> None:
+    """Write a standard dataset as class folders that `iddm dm train` reads."""
+    debug = options.pop("debug")
+
+    def run() -> None:
+        from iddm_cli.config.loader import settings_from
+
+        settings: DatasetGetConfig = settings_from(DatasetGetConfig, DATASET_GET, options)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from iddm_cli.data.get import get_dataset
+
+        with Progress(TextColumn("writing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=err_console, disable=not err_console.is_terminal) as bar:
+            task = bar.add_task("get", total=None)
+            got = get_dataset(settings.name, settings.dir, settings.split, settings.source, settings.limit,
+                              lambda d, t: bar.update(task, completed=d, total=t))
+        for note in got.notes:
+            err_console.print(f"[yellow]note[/] {escape(note)}", soft_wrap=True)
+        counts = sorted(set(got.counts.values()))
+        per_class = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+        err_console.print(f"wrote {got.images} images to {got.root}: {len(got.classes)} classes, {per_class} each"
+                          f"{' (md5 verified)' if got.verified else ''}", markup=False, highlight=False, soft_wrap=True)
+        err_console.print(f"train on it: iddm dm train --dataset-path {got.root}", markup=False, highlight=False,
+                          soft_wrap=True)
+
+    report_errors(run, debug)
+
+
+app.command("get", cls=IddmCommand, short_help="Write a standard dataset (CIFAR, MNIST) as class folders.",
+            help="Write cifar10, cifar100, mnist or fashion-mnist as DIR/<class>/<index>.png, the layout `iddm dm "
+                 "train` reads: downloaded by torchvision, or from the official files with --from. Exit 3 when the "
+                 "data cannot be had, 2 for a usage mistake (DIR not empty included).",
+            )(command_from(COMMANDS["dataset get"], get_command))

@@ -17,8 +17,6 @@ def sample_command(options: dict[str, Any]) -> None:
 
         settings: SampleConfig = settings_from(SampleConfig, SAMPLE, options)
         settings.checkpoint = settings.checkpoint or settings.weight_path
-        if settings.use_gpu is not None:
-            settings.device = f"cuda:{settings.use_gpu}"
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         from iddm_cli.sampling import generate
@@ -27,6 +25,8 @@ def sample_command(options: dict[str, Any]) -> None:
                       TimeRemainingColumn(), console=err_console, disable=not err_console.is_terminal) as bar:
             task = bar.add_task("sample", total=None)
             result = generate(settings, lambda done, total: bar.update(task, completed=done, total=total))
+        for note in result.notes:
+            err_console.print(note, markup=False, highlight=False)
         err_console.print(f"{len(result.files)} images in {result.out_dir}", markup=False, highlight=False)
         if result.grid:
             err_console.print(f"grid: {result.grid}", markup=False, highlight=False)

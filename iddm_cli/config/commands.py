@@ -59,8 +59,8 @@ class SampleConfig:
                            ge=0.0, le=100.0, shown="the checkpoint's")
     num: int = opt(8, "Images per selected class (conditional) or in total (unconditional).", short="-n",
                    alias="--num-images", ge=1, le=100_000)
-    class_name: list = opt([], "A class to sample, by name (repeatable).", kind="strlist", metavar="NAME",
-                           shown="every class")
+    class_name: list = opt([], "A class to sample, by name or index (repeatable); IDDM's -1: one image of every class.",
+                           kind="strlist", metavar="NAME", shown="every class")
     class_id: list = opt([], "A class to sample, by index (repeatable).", kind="intlist", metavar="N", ge=0,
                          shown="every class")
     seed: int = opt(0, "The same seed gives the same images, whatever --batch-size.", ge=0, le=2**63 - 1)
@@ -76,6 +76,39 @@ class SampleConfig:
     weight_path: str = opt(None, "IDDM's name for CKPT.", kind="str", metavar="FILE", compat=True)
     use_gpu: int = opt(None, "IDDM's GPU index: the same as --device cuda:N.", kind="int", ge=0, metavar="N",
                        compat=True)
+    generate_name: str = opt(None, "IDDM's file-name prefix: NAME_<class>_<index>.<format> and NAME_grid.<format>.",
+                             kind="str", metavar="NAME", compat=True)
+    # IDDM's generator took these from the checkpoint when it held them; here the checkpoint always does, and a
+    # value that disagrees with it is refused with the checkpoint's value
+    image_size: Any = opt(None, "IDDM's image size: must match the checkpoint's (images come at its size).",
+                          kind="size", metavar="SIZE", compat=True)
+    network: str = opt(None, "IDDM's network: must match the checkpoint's.", kind="str", choices=C.NETWORKS,
+                       compat=True)
+    act: str = opt(None, "IDDM's activation: must match the checkpoint's.", kind="str", choices=C.ACTIVATIONS,
+                   compat=True)
+    num_classes: int = opt(None, "IDDM's class count: must match the checkpoint's.", kind="int", ge=0, compat=True)
+    conditional: bool = opt(None, "IDDM's conditional switch: must match the checkpoint's.", kind="bool",
+                            compat=True)
+    mode: str = opt(None, "IDDM's conditioning mode: class (text was a stub in IDDM and is not offered).",
+                    kind="str", choices=C.GENERATE_MODES, compat=True)
+    latent: bool = opt(None, "IDDM's latent switch: latent checkpoints are not in this release.", kind="bool",
+                       off="", compat=True)
+
+
+@dataclass(kw_only=True)
+class ConvertConfig:
+    """``iddm convert``: an IDDM 1.x ``ckpt_last.pt`` as an iddm checkpoint. IDDM does not store its noise schedule
+    or T, so they are given here (IDDM 1.x trains with linear and 1000 unless its code was edited)."""
+
+    PANEL: ClassVar[str] = "Convert"
+
+    checkpoint: str = opt(None, "The IDDM checkpoint (ckpt_last.pt of an IDDM 1.x run).", kind="str", argument=True,
+                          required=True, metavar="IDDM_CKPT")
+    out: str = opt(None, "The iddm checkpoint to write (a new file).", kind="str", argument=True, required=True,
+                   metavar="OUT")
+    noise_schedule: str = opt("linear", "The beta schedule the IDDM model was trained with.",
+                              choices=C.NOISE_SCHEDULES)
+    noise_steps: int = opt(1000, "The diffusion steps T the IDDM model was trained with.", ge=2, le=100_000)
 
 
 @dataclass(kw_only=True)
@@ -91,9 +124,28 @@ class DatasetCheckConfig:
     json: bool = opt(False, "Write the report as JSON on stdout (schema in README).", off="")
 
 
+@dataclass(kw_only=True)
+class DatasetGetConfig:
+    PANEL: ClassVar[str] = "Get"
+
+    name: str = opt(None, "The dataset.", choices=C.GETTABLE_DATASETS, kind="str", argument=True, required=True,
+                    metavar="NAME")
+    dir: str = opt(None, "The folder to write DIR/<class>/<index>.png into: new or empty.", kind="str",
+                   argument=True, required=True, metavar="DIR")
+    split: str = opt("train", "Which official split; all writes both (train-<index>.png, test-<index>.png).",
+                     choices=C.GET_SPLITS)
+    source: str = opt(None, "The official file(s) instead of a download: cifar-10-python.tar.gz, "
+                      "cifar-100-python.tar.gz, or the folder holding MNIST's train-images-idx3-ubyte(.gz) and "
+                      "its three siblings.", kind="str", flag="--from", metavar="FILE|DIR", shown="download")
+    limit: int = opt(None, "At most N images per class (the first ones).", kind="int", ge=1, metavar="N",
+                     shown="all")
+
+
 RUN = specs_of({"run": RunOptions, "resume": ResumeTarget})
 SAMPLE = specs_of({"sample": SampleConfig})
+CONVERT = specs_of({"convert": ConvertConfig})
 DATASET_CHECK = specs_of({"check": DatasetCheckConfig})
+DATASET_GET = specs_of({"get": DatasetGetConfig})
 
 COMMANDS: dict[str, dict[str, FieldSpec]] = {
     "dm train": {**pick(RUN, "profile", "sets", "dry_run", "print_config", "explain", "debug"),
@@ -108,6 +160,8 @@ COMMANDS: dict[str, dict[str, FieldSpec]] = {
                **{name: replace(spec, hidden=True) for name, spec in FIELDS.items()
                   if not spec.resumable and name != "start_epoch"}},
     "sample": {**SAMPLE, **pick(RUN, "debug")},
+    "convert": {**CONVERT, **pick(RUN, "debug")},
     "dataset check": {**DATASET_CHECK, **pick(RUN, "debug")},
+    "dataset get": {**DATASET_GET, **pick(RUN, "debug")},
 }
 """Each command's options, in help order (``iddm resume`` shows only the settings that may change)."""

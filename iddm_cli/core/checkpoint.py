@@ -169,8 +169,14 @@ def _alive(pid: int) -> bool:
 
 
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load an iddm checkpoint safely; every failure is a one-line CheckpointError naming the file."""
+    """Load an iddm checkpoint safely; every failure is a one-line CheckpointError naming the file. (IDDM's own
+    checkpoints: :func:`iddm_cli.core.iddm_import.load_any`.)"""
     path = Path(path).expanduser()
+    return check_format(read_checkpoint_file(path, map_location), path)
+
+
+def read_checkpoint_file(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(weights_only=True)``: plain values and tensors only; a failure is a one-line CheckpointError."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
@@ -187,6 +193,10 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     except Exception as err:  # any other failure to parse: a damaged or foreign file (never executed)
         raise CheckpointError(f"{path} is truncated or not a PyTorch checkpoint ({first_line(err)[:160]}); "
                               "try an earlier checkpoint of the run") from None
+    return data
+
+
+def check_format(data: Any, path: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an iddm checkpoint (no 'format': 'iddm' entry)")
     if data.get("format_version", 0) > FORMAT_VERSION:

@@ -7,6 +7,7 @@ Labels are indices into the sorted class-folder names (ImageFolder semantics, as
 from __future__ import annotations
 
 import math
+import shlex
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset, Sampler
 from torchvision import transforms
 
+from iddm_cli.data.get import known_dataset
 from iddm_cli.errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -108,7 +110,9 @@ def _scan(dataset_path: str, conditional: bool | str, num_classes: int, strict: 
                           "(--profile demo trains on the embedded dataset)")
     root = resolve_dataset_path(dataset_path)
     if not root.exists():
-        raise DataError(f"dataset path {root} does not exist (data.dataset_path)")
+        known = known_dataset(root.name)  # a folder named after a standard dataset: say how to make it
+        hint = f"; `iddm dataset get {known} {shlex.quote(dataset_path)}` makes it" if known else ""
+        raise DataError(f"dataset path {root} does not exist (data.dataset_path){hint}")
     if not root.is_dir():
         raise DataError(f"dataset path {root} is not a folder (data.dataset_path)")
 

@@ -30,10 +30,30 @@ NETWORKS: dict[str, NetworkSpec] = {
 }
 
 
+LEGACY_KWARGS: dict[str, Any] = {"time_embedding": "legacy"}
+"""What network kwargs stored without these keys (iddm 0.1 checkpoints) meant: see ``nets.layers.TIME_EMBEDDINGS``.
+New runs store ``time_embedding="iddm"`` explicitly; ``cspdarkunet`` also takes ``up_block`` ("csp", or "iddm" for
+an imported IDDM checkpoint), whose default has not changed."""
+
+
+FLAVOR_KWARGS = ("time_embedding", "up_block")  # how a network computes, beyond what the config's settings say
+
+
 def build_network(name: str, **kwargs: Any) -> nn.Module:
-    """kwargs: in_channels, out_channels, base_channels, num_classes, act (stored in checkpoints as-is)."""
+    """kwargs: in_channels, out_channels, base_channels, num_classes, act, time_embedding, and for cspdarkunet
+    up_block (stored in checkpoints as-is)."""
     module, _, cls = NETWORKS[name].factory.partition(":")
     return getattr(importlib.import_module(module), cls)(**kwargs)
+
+
+def stored_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's network kwargs, completed so that an older checkpoint rebuilds the network it was trained as."""
+    return {**LEGACY_KWARGS, **kwargs}
+
+
+def build_stored(network: dict[str, Any]) -> nn.Module:
+    """The network a checkpoint's ``{"name", "kwargs"}`` describes."""
+    return build_network(network["name"], **stored_kwargs(network["kwargs"]))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -24,9 +24,20 @@ def make_act(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
-def timestep_embedding(t: torch.Tensor, dim: int = TIME_DIM) -> torch.Tensor:
+TIME_EMBEDDINGS = ("iddm", "legacy")
+"""How the step is embedded. ``iddm``: IDDM's sinusoid frequencies ``1 / 10000^(2i/dim)`` and a SiLU before every
+block's projection, whatever ``act`` (new runs and imported IDDM checkpoints). ``legacy``: what iddm 0.1 checkpoints
+computed, frequencies ``exp(-ln(10000) 2i/dim)`` (equal in exact arithmetic, up to 6e-5 apart in float32 angles at
+t=999) and ``act`` before each projection. Checkpoints whose network kwargs lack the key are ``legacy``."""
+
+
+def timestep_embedding(t: torch.Tensor, dim: int = TIME_DIM, flavor: str = "iddm") -> torch.Tensor:
     """Transformer sinusoids of the integer step (Vaswani et al. 2017, sec. 3.5): [sin, cos]. (B,) -> (B, dim)."""
-    inv_freq = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2, device=t.device, dtype=torch.float32) / dim)
+    i = torch.arange(0, dim, 2, device=t.device, dtype=torch.float32)
+    if flavor == "iddm":  # IDDM's BaseNet.pos_encoding, operation for operation
+        inv_freq = 1.0 / (10000 ** (i / dim))
+    else:
+        inv_freq = torch.exp(-math.log(10000.0) * i / dim)
     angles = t.float()[:, None] * inv_freq[None]  # (B, dim/2)
     return torch.cat([angles.sin(), angles.cos()], dim=1)
 
@@ -49,11 +60,11 @@ class DoubleConv(nn.Module):
 
 
 class EmbProjection(nn.Module):
-    """act -> Linear(TIME_DIM, C), broadcast over H, W and added to a feature map."""
+    """SiLU (``legacy``: act) -> Linear(TIME_DIM, C), broadcast over H, W and added to a feature map."""
 
-    def __init__(self, cout: int, act: str):
+    def __init__(self, cout: int, act: str, time_embedding: str = "iddm"):
         super().__init__()
-        self.proj = nn.Sequential(make_act(act), nn.Linear(TIME_DIM, cout))
+        self.proj = nn.Sequential(make_act("silu" if time_embedding == "iddm" else act), nn.Linear(TIME_DIM, cout))
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         return x + self.proj(emb)[:, :, None, None]  # (B, C, H, W)
@@ -86,16 +97,19 @@ class Denoiser(nn.Module):
     """Base class: time embedding plus an optional class embedding with a learned null class.
 
     Label ``num_classes`` is the null class used for classifier-free guidance, so the embedding is always in the
-    graph (no unused parameters under DDP) and the unconditional prediction is a learned one.
+    graph (no unused parameters under DDP) and the unconditional prediction is a learned one. (An imported IDDM
+    checkpoint gets a zero null row: IDDM adds nothing for y=None.)
     """
 
-    def __init__(self, num_classes: int):
+    def __init__(self, num_classes: int, time_embedding: str = "iddm"):
         super().__init__()
-        self.num_classes = num_classes
+        if time_embedding not in TIME_EMBEDDINGS:
+            raise ValueError(f"time_embedding {time_embedding!r}: expected one of {', '.join(TIME_EMBEDDINGS)}")
+        self.num_classes, self.time_embedding = num_classes, time_embedding
         self.label_emb = nn.Embedding(num_classes + 1, TIME_DIM) if num_classes > 0 else None
 
     def embed(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        emb = timestep_embedding(t)  # (B, TIME_DIM)
+        emb = timestep_embedding(t, flavor=self.time_embedding)  # (B, TIME_DIM)
         if self.label_emb is not None:
             if y is None:
                 y = torch.full_like(t, self.num_classes, dtype=torch.long)

@@ -16,11 +16,11 @@ from iddm_cli.nets.layers import Denoiser, DoubleConv, EmbProjection, SelfAttent
 class Down(nn.Module):
     """maxpool /2 -> residual DoubleConv -> DoubleConv(cin->cout) -> + embedding."""
 
-    def __init__(self, cin: int, cout: int, act: str):
+    def __init__(self, cin: int, cout: int, act: str, time_embedding: str):
         super().__init__()
         self.convs = nn.Sequential(nn.MaxPool2d(2), DoubleConv(cin, cin, act, residual=True),
                                    DoubleConv(cin, cout, act))
-        self.emb = EmbProjection(cout, act)
+        self.emb = EmbProjection(cout, act, time_embedding)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         return self.emb(self.convs(x), emb)
@@ -29,10 +29,10 @@ class Down(nn.Module):
 class Up(nn.Module):
     """bilinear x2 -> concat skip -> residual DoubleConv -> DoubleConv(cin->cout, mid cin/2) -> + embedding."""
 
-    def __init__(self, cin: int, cout: int, act: str):
+    def __init__(self, cin: int, cout: int, act: str, time_embedding: str):
         super().__init__()
         self.convs = nn.Sequential(DoubleConv(cin, cin, act, residual=True), DoubleConv(cin, cout, act, cin // 2))
-        self.emb = EmbProjection(cout, act)
+        self.emb = EmbProjection(cout, act, time_embedding)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=True)
@@ -41,17 +41,18 @@ class Up(nn.Module):
 
 class UNet(Denoiser):
     def __init__(self, in_channels: int = 3, out_channels: int = 3, base_channels: int = 64,
-                 num_classes: int = 0, act: str = "gelu"):
-        super().__init__(num_classes)
+                 num_classes: int = 0, act: str = "gelu", time_embedding: str = "iddm"):
+        super().__init__(num_classes, time_embedding)
         c1, c2, c3, c4 = base_channels, 2 * base_channels, 4 * base_channels, 8 * base_channels
+        te = time_embedding
         self.inc = DoubleConv(in_channels, c1, act)
-        self.down1, self.sa1 = Down(c1, c2, act), SelfAttention(c2, act)  # 1/2
-        self.down2, self.sa2 = Down(c2, c3, act), SelfAttention(c3, act)  # 1/4
-        self.down3, self.sa3 = Down(c3, c3, act), SelfAttention(c3, act)  # 1/8
+        self.down1, self.sa1 = Down(c1, c2, act, te), SelfAttention(c2, act)  # 1/2
+        self.down2, self.sa2 = Down(c2, c3, act, te), SelfAttention(c3, act)  # 1/4
+        self.down3, self.sa3 = Down(c3, c3, act, te), SelfAttention(c3, act)  # 1/8
         self.bot = nn.Sequential(DoubleConv(c3, c4, act), DoubleConv(c4, c4, act), DoubleConv(c4, c3, act))
-        self.up1, self.sa4 = Up(2 * c3, c2, act), SelfAttention(c2, act)  # 1/4
-        self.up2, self.sa5 = Up(2 * c2, c1, act), SelfAttention(c1, act)  # 1/2
-        self.up3, self.sa6 = Up(2 * c1, c1, act), SelfAttention(c1, act)  # 1/1
+        self.up1, self.sa4 = Up(2 * c3, c2, act, te), SelfAttention(c2, act)  # 1/4
+        self.up2, self.sa5 = Up(2 * c2, c1, act, te), SelfAttention(c1, act)  # 1/2
+        self.up3, self.sa6 = Up(2 * c1, c1, act, te), SelfAttention(c1, act)  # 1/1
         self.outc = nn.Conv2d(c1, out_channels, 1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

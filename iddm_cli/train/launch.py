@@ -75,16 +75,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def worker_env(rank: int, n: int, layout: Layout, addr: str, port: int, folder: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(n), LOCAL_WORLD_SIZE=str(n),
-               MASTER_ADDR=addr, MASTER_PORT=str(port), IDDM_LAUNCHED="1", IDDM_LAUNCHER_PID=str(os.getpid()),
-               IDDM_ERROR_FILE=str(folder / f"error-{rank}.json"), IDDM_RESULT_FILE=str(folder / "result.json"))
+def rank_env(rank: int, n: int, addr: str, port: int) -> dict[str, str]:
+    """The environment of rank ``rank`` of ``n`` processes on this machine: the process-group variables, the
+    threads each may use, gloo on loopback. Values the user set (OMP_NUM_THREADS, GLOO_SOCKET_IFNAME) stay."""
+    env = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(n), "LOCAL_WORLD_SIZE": str(n),
+           "MASTER_ADDR": addr, "MASTER_PORT": str(port)}
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, cpus // n)))  # n processes share the cores, as torchrun does
+    env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", str(max(1, cpus // n)))  # n processes share the cores
     if addr in ("127.0.0.1", "localhost"):  # gloo (CPU runs, and object collectives beside NCCL) on loopback
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # its hostname-based interface choice is unreliable
+        env["GLOO_SOCKET_IFNAME"] = os.environ.get("GLOO_SOCKET_IFNAME", "lo")  # its own interface choice is unreliable
     return env
+
+
+def worker_env(rank: int, n: int, addr: str, port: int, folder: Path) -> dict[str, str]:
+    """A self-launched worker's whole environment: this one, its rank's, and where it reports to the launcher."""
+    return {**os.environ, **rank_env(rank, n, addr, port), "IDDM_LAUNCHED": "1",
+            "IDDM_LAUNCHER_PID": str(os.getpid()), "IDDM_ERROR_FILE": str(folder / f"error-{rank}.json"),
+            "IDDM_RESULT_FILE": str(folder / "result.json")}
 
 
 def launch(job: Job, layout: Layout, reporter: Reporter) -> TrainResult:
@@ -101,7 +108,7 @@ def launch(job: Job, layout: Layout, reporter: Reporter) -> TrainResult:
         read_end, write_end = os.pipe()  # rank 0's reports (ForwardingReporter) come back through it
         relay = Relay(read_end, reporter)
         try:
-            procs = [subprocess.Popen(cmd, env={**worker_env(r, n, layout, addr, port, folder),
+            procs = [subprocess.Popen(cmd, env={**worker_env(r, n, addr, port, folder),
                                                 **({"IDDM_REPORT_FD": str(write_end)} if r == 0 else {})},
                                       pass_fds=(write_end,) if r == 0 else ()) for r in range(n)]
         finally:

@@ -14,12 +14,13 @@ import torch
 from torch import nn
 
 from iddm_cli.config import Config, image_hw
-from iddm_cli.core.checkpoint import load_checkpoint, load_pretrained
+from iddm_cli.core.checkpoint import load_pretrained
 from iddm_cli.core.devices import Layout, World, plan_layout
+from iddm_cli.core.iddm_import import load_any
 from iddm_cli.core.rundir import check_free_space, check_writable, claim_run_dir, plan_run_dir
 from iddm_cli.data.folder import DatasetInfo, scan_dataset
 from iddm_cli.errors import ConfigError
-from iddm_cli.nets import build_network, count_parameters
+from iddm_cli.nets import FLAVOR_KWARGS, build_network, count_parameters, stored_kwargs
 
 
 @dataclass
@@ -51,7 +52,21 @@ class Plan:
     def load_pretrained(self) -> None:
         """Copy --pretrain-path's weights into the model (checked against it); the notes join the plan's."""
         path = Path(self.config.train.pretrain_path).expanduser()
-        self.notes += load_pretrained(self.model, load_checkpoint(path), path)
+        ckpt, converted = load_any(path)  # an IDDM 1.x checkpoint is converted in memory
+        self.notes += [converted] if converted else []
+        act = ckpt["network"]["kwargs"].get("act")
+        if ckpt["network"]["name"] == self.network["name"] and act and act != self.config.model.act:
+            raise ConfigError(f"train.pretrain_path: {path} was trained with act {act!r} and this run has "
+                              f"{self.config.model.act!r}; its weights compute another function under another "
+                              f"activation: add --act {act}")
+        kwargs = {**self.network["kwargs"], **flavor_of(ckpt["network"], self.network["name"])}
+        if kwargs != self.network["kwargs"]:  # fine-tune the network as it computed, not as new runs compute
+            torch.manual_seed(self.config.train.seed)
+            self.model = build_network(self.network["name"], **kwargs)
+            changed = {k: v for k, v in kwargs.items() if self.network["kwargs"].get(k) != v}
+            self.network = {"name": self.network["name"], "kwargs": kwargs}
+            self.notes.append(f"the network keeps the pretrained checkpoint's {changed}")
+        self.notes += load_pretrained(self.model, ckpt, path)
 
     @property
     def total_steps(self) -> int:
@@ -100,13 +115,25 @@ def select_amp(device: torch.device, enabled: bool) -> tuple[torch.dtype | None,
     return None, False, "this CPU has no bf16 support: --amp is ignored and training stays in fp32"
 
 
+def flavor_of(network: dict[str, Any], name: str) -> dict[str, Any]:
+    """How a stored network computes beyond what the config says (time embedding, up block); nothing when it is
+    another network."""
+    if network["name"] != name:
+        return {}
+    stored = stored_kwargs(network["kwargs"])
+    return {k: stored[k] for k in FLAVOR_KWARGS if k in stored}
+
+
 def plan_training(config: Config, run_dir: Path | None = None, world: World | None = None,
-                  data: DatasetInfo | None = None, classes: list[str] | None = None) -> Plan:
+                  data: DatasetInfo | None = None, classes: list[str] | None = None,
+                  network: dict[str, Any] | None = None) -> Plan:
     """Validate data, device and output folder, and build the model. Writes nothing. ``run_dir``: an existing
     run to continue (a new one is planned otherwise). ``world``: this process's place in a launched process group.
     ``data``: a scan made already (by iddm's launcher, or rank 0's for the other ranks, so that every rank indexes
     the same files), used instead of scanning again. ``classes``: a resumed run's class names, which the scan
-    keeps to. Only a process that writes (not a rank other than 0) checks the output folder."""
+    keeps to. ``network``: a stored ``{"name", "kwargs"}`` (the resumed checkpoint's, or rank 0's plan) whose way of
+    computing the model keeps (``time_embedding``, ``up_block``); new runs compute as IDDM does. Only a process that
+    writes (not a rank other than 0) checks the output folder."""
     layout = plan_layout(config, world)
     world_size = world.size if world is not None and world.launched else layout.nproc
     device = layout.device(world)
@@ -123,7 +150,9 @@ def plan_training(config: Config, run_dir: Path | None = None, world: World | No
     amp_dtype, use_scaler, amp_note = select_amp(device, config.optim.amp)
     kwargs = {"in_channels": data.channels, "out_channels": data.channels,
               "base_channels": config.model.base_channels, "num_classes": len(data.class_names),
-              "act": config.model.act}
+              "act": config.model.act, "time_embedding": "iddm",
+              **({"up_block": "csp"} if config.model.network == "cspdarkunet" else {}),  # stored, as the others
+              **(flavor_of(network, config.model.network) if network is not None else {})}
     torch.manual_seed(config.train.seed)  # the initial weights depend on the seed alone
     model = build_network(config.model.network, **kwargs)
     if world is None or world.is_main:

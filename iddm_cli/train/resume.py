@@ -78,7 +78,7 @@ def plan_resume(run_dir: str | Path, overrides: dict[str, Any], start_epoch: int
         state_is = f"is the state after {done} epochs" + (f" and {position} batches" if position else "")
         raise ConfigError(f"{path} {state_is}, and the run has train.epochs = {config.train.epochs}: nothing is "
                           f"left to train; extend it with --epochs {done + 10}, for example")
-    plan = plan_training(config, run, world, data, classes=state["data"]["class_names"])
+    plan = plan_training(config, run, world, data, classes=state["data"]["class_names"], network=state["network"])
     plan.created_config, plan.superseded = created, newer
     if changed:  # part of the plan, so train.log records them (config.toml stays the creation record)
         plan.notes.append(f"changed on resume: {', '.join(changed)}")

@@ -135,7 +135,7 @@ def run_worker(job: Job, world: World, reporter: Reporter) -> TrainResult | None
             if not os.environ.get("IDDM_LAUNCHED"):  # iddm's launcher printed them already
                 for line in notes:
                     reporter.info(line)
-            shared = (plan.config.to_dict(), plan.data, str(plan.run_dir), state)
+            shared = (plan.config.to_dict(), plan.data, str(plan.run_dir), state, plan.network)
         except BaseException as err:  # the other ranks wait for the plan: tell them, then fail
             problems = err.problems if isinstance(err, IddmError) else [f"rank 0 failed: {type(err).__name__}"]
             dist.broadcast_object(("failed", list(problems)), world)
@@ -144,8 +144,9 @@ def run_worker(job: Job, world: World, reporter: Reporter) -> TrainResult | None
     if not world.is_main:
         if shared[0] == "failed":
             raise FailedOnRankZero(*shared[1], all_ranks=True)
-        config_dict, data, run_dir, state = shared
-        plan = plan_training(config_from_dict(config_dict, "rank 0's configuration"), Path(run_dir), world, data)
+        config_dict, data, run_dir, state, network = shared
+        plan = plan_training(config_from_dict(config_dict, "rank 0's configuration"), Path(run_dir), world, data,
+                             network=network)  # computes as rank 0's model (a pretrained or resumed one's way)
         reporter = SilentReporter()
     try:
         result = train(plan, reporter, job.provenance, state, world)
