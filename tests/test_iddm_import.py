@@ -165,3 +165,25 @@ def test_latent_malformed_and_unsafe_iddm_checkpoints(invoke, tmp_path):
     unsafe = _iddm("unet")
     unsafe["classes_name"] = ["cat", "../dog", "fox"]  # class names become file names: never a path
     assert convert(unsafe, "x.pt").checkpoint["data"]["class_names"] == ["cat", "1", "fox"]
+
+
+def test_a_run_saved_before_the_iddm_time_embedding_resumes_and_fine_tunes_as_it_was(invoke, tmp_path):
+    from iddm_cli.api import DMTrainer
+    from iddm_cli.core.checkpoint import save_checkpoint
+    from iddm_cli.core.reporting import SilentReporter
+    from iddm_cli.train.resume import plan_resume
+
+    data = make_dataset(tmp_path / "d", ["a", "b"])
+    run = DMTrainer(dataset_path=str(data), result_path=str(tmp_path), run_name="old", image_size=8,
+                    base_channels=4, noise_steps=20, epochs=1, batch_size=4, reporter=SilentReporter()).train().run_dir
+    state = load_checkpoint(run / "ckpt_last.pt")
+    del state["network"]["kwargs"]["time_embedding"]  # as iddm 0.1 wrote it
+    save_checkpoint(run / "ckpt_last.pt", state)
+    plan, _, _ = plan_resume(run, {"epochs": 2})
+    assert plan.network["kwargs"]["time_embedding"] == "legacy" and plan.model.time_embedding == "legacy"
+    result = invoke("dm", "train", "--dataset-path", data, "--result-path", tmp_path, "--run-name", "tuned",
+                    "--image-size", "8", "--base-channels", "4", "--noise-steps", "20", "--epochs", "1",
+                    "--pretrain", "--pretrain-path", run / "ckpt_last.pt")
+    assert result.exit_code == 0, result.output
+    assert "keeps the pretrained checkpoint's {'time_embedding': 'legacy'}" in " ".join(result.output.split())
+    assert load_checkpoint(tmp_path / "tuned" / "ckpt_last.pt")["network"]["kwargs"]["time_embedding"] == "legacy"
