@@ -36,7 +36,7 @@ from iddm_cli.train.ema import EMA
 from iddm_cli.train.objectives import LOSSES, LR_FUNCS, OPTIMIZERS
 from iddm_cli.train.plan import Plan, plan_training
 from iddm_cli.train.preview import sharded_sample
-from iddm_cli.train.signals import ignore_stop_signals, stop_on_signals
+from iddm_cli.train.signals import ignore_ctrl_c, stop_on_signals
 
 __all__ = ["Plan", "TrainResult", "plan_training", "train"]  # re-exported for callers
 
@@ -81,7 +81,7 @@ class _Session:
         self.sampler = EpochSampler(len(dataset), c.train.seed, world.rank, world.size)
         self.loader = DataLoader(
             dataset, batch_size=c.data.batch_size, sampler=self.sampler, num_workers=c.data.num_workers,
-            collate_fn=collate, worker_init_fn=ignore_stop_signals,
+            collate_fn=collate, worker_init_fn=ignore_ctrl_c,
             pin_memory=self.device.type == "cuda", persistent_workers=c.data.num_workers > 0, drop_last=False)
         self.step = 0
         self.skipped = 0
@@ -90,6 +90,14 @@ class _Session:
         self.agreed_stop: int | None = None  # the signal every rank acts on, agreed after each step
         self.bad_files: set[str] = set()  # files that failed to decode; replaced, never a crash
         self.previews: list[Path] = []
+
+    def close(self) -> None:
+        """End the DataLoader's worker processes now: persistent workers otherwise live as long as this object,
+        which an exception's traceback can keep alive until the interpreter exits."""
+        iterator = getattr(self.loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        self.loader._iterator = None
 
     # one optimizer step, in numbered phases ---------------------------------------------------------------------
     def train_step(self, x0: torch.Tensor, y: torch.Tensor, sched_step: int) -> tuple[float, float, float] | None:
@@ -364,6 +372,7 @@ def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, An
     lock, logger = None, NullLogger()  # type: tuple[RunLock | None, RunLogger | NullLogger]
     reporter = (reporter or Reporter()) if world.is_main else SilentReporter()
     restore_signals = lambda: None  # noqa: E731
+    session: _Session | None = None
     try:
         if world.is_main:
             lock, logger = _open_run(plan, state, provenance, reporter)
@@ -419,6 +428,8 @@ def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, An
         reporter.close()
         if lock is not None:
             lock.release()
+        if session is not None:
+            session.close()
 
 
 def _weights(session: _Session) -> dict[str, Any]:

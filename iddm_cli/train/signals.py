@@ -1,5 +1,5 @@
 """How a training process meets SIGINT and SIGTERM: it finishes the step, saves and stops (the engine acts on the
-flag these handlers set), and its DataLoader workers leave the stopping to it."""
+flag these handlers set), and its DataLoader workers leave a Ctrl-C to it."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ import threading
 from typing import Any
 
 
-def ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader workers ignore Ctrl-C and SIGTERM: a terminal or a scheduler (Slurm signals every process of a
-    job) sends them to the workers too, and the training process, which saves and stops, ends its workers itself
-    (a worker that died first would fail the next batch); a worker whose parent died stops by itself."""
+def ignore_ctrl_c(worker_id: int) -> None:
+    """DataLoader workers ignore Ctrl-C: a terminal sends it to the whole process group, and the training process,
+    which saves and stops, ends its workers itself (a worker that died first would fail the next batch). SIGTERM
+    keeps its default: it is how the workers are ended when they do not stop by themselves."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def stop_on_signals(session: Any) -> Any:
