@@ -137,9 +137,9 @@ def check_iddm_flags(req: SampleRequest, ckpt: dict[str, Any]) -> None:
 
 def generate(req: SampleRequest, progress: Callable[[int, int], None] | None = None) -> SampleResult:
     """Run a request end to end; ``progress(done, total)`` counts network evaluations."""
-    if not req.checkpoint:
+    if not (req.checkpoint or req.weight_path):
         raise ConfigError("give a checkpoint: iddm sample RUN_DIR or iddm sample path/to/ckpt_last.pt")
-    path = resolve_checkpoint(req.checkpoint)
+    path = resolve_checkpoint(req.checkpoint or req.weight_path)  # IDDM's --weight-path names it too
     ckpt, converted = load_any(path)  # an IDDM 1.x checkpoint is converted in memory
     sampler, steps, cfg_scale = check_request(req, ckpt)
     meta = ckpt["data"]

@@ -6,10 +6,10 @@ import typer
 
 from iddm_cli import __version__
 from iddm_cli.cli import dataset, dm
-from iddm_cli.cli.common import IddmCommand, command_from
+from iddm_cli.cli.common import IddmCommand, command_from, settings_command
 from iddm_cli.cli.convert import convert_command
 from iddm_cli.cli.sample import sample_command
-from iddm_cli.config.commands import COMMANDS
+from iddm_cli.config.commands import COMMANDS, ConvertConfig, SampleConfig
 
 app = typer.Typer(
     name="iddm",
@@ -25,12 +25,12 @@ app.command(
 )(command_from(COMMANDS["resume"], dm.resume_command))
 app.command("sample", cls=IddmCommand, short_help="Generate images from a checkpoint with any sampler.",
             help="Generate images from a trained checkpoint. Network, schedule, size, channels and classes come "
-                 "from it.")(command_from(COMMANDS["sample"], sample_command))
+                 "from it.")(settings_command(SampleConfig, COMMANDS["sample"], sample_command))
 app.command("convert", cls=IddmCommand, short_help="Turn an IDDM 1.x checkpoint into an iddm checkpoint.",
             help="Convert an IDDM 1.x ckpt_last.pt (unet or cspdarkunet) into an iddm checkpoint that computes the "
                  "same outputs. iddm sample and --pretrain-path also read IDDM checkpoints directly; converting "
                  "once records the noise schedule and T, which IDDM does not store.",
-            )(command_from(COMMANDS["convert"], convert_command))
+            )(settings_command(ConvertConfig, COMMANDS["convert"], convert_command))
 app.add_typer(dataset.app, name="dataset", short_help="Dataset tools: check.")
 
 

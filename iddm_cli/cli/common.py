@@ -75,16 +75,13 @@ def report_errors(fn: Callable[[], Any], debug: bool | None) -> Any:
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
 
 
-COMPLETERS: dict[str, Callable[[str], list[str]]] = {}  # FieldSpec.complete -> completer (registered below)
-
-
 def _complete_profiles(incomplete: str) -> list[str]:
     from iddm_cli.config.loader import available_profiles
 
     return [name for name in available_profiles() if name.startswith(incomplete)]
 
 
-COMPLETERS["profiles"] = _complete_profiles
+COMPLETERS: dict[str, Callable[[str], list[str]]] = {"profiles": _complete_profiles}  # FieldSpec.complete -> it
 
 
 def parameter_for(spec: FieldSpec) -> inspect.Parameter:
@@ -119,3 +116,19 @@ def command_from(specs: dict[str, FieldSpec], body: Callable[[dict[str, Any]], A
 
     command.__signature__ = inspect.Signature([parameter_for(spec) for spec in specs.values()])  # type: ignore
     return command
+
+
+def settings_command(cls: type, specs: dict[str, FieldSpec], body: Callable[[Any], Any]) -> Callable[..., Any]:
+    """A command whose options are ``specs`` (the fields of the settings dataclass ``cls``, and --debug): the values
+    given are checked into one ``cls`` and ``body(settings)`` runs; a user mistake is one line and its exit code."""
+    fields = {name: spec for name, spec in specs.items() if name != "debug"}
+
+    def run(options: dict[str, Any]) -> None:
+        def checked() -> Any:
+            from iddm_cli.config.loader import settings_from
+
+            return body(settings_from(cls, fields, options))
+
+        report_errors(checked, options.pop("debug", None))
+
+    return command_from(specs, run)

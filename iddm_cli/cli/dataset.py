@@ -4,47 +4,37 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from iddm_cli.cli.common import IddmCommand, command_from, err_console, report_errors
-from iddm_cli.config.commands import COMMANDS, DATASET_CHECK, DATASET_GET, DatasetCheckConfig, DatasetGetConfig
+from iddm_cli.cli.common import IddmCommand, err_console, settings_command
+from iddm_cli.config.commands import COMMANDS, DatasetCheckConfig, DatasetGetConfig
 from iddm_cli.errors import ExitCode
 
 app = typer.Typer(help="Dataset tools.", no_args_is_help=True)
 
 
-def check_command(options: dict[str, Any]) -> None:
+def check_command(settings: DatasetCheckConfig) -> None:
     """Report everything wrong with a dataset before training: exit 0 (warnings allowed), 3 on errors."""
-    debug = options.pop("debug")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    def run() -> None:
-        from iddm_cli.config.loader import settings_from
+    from iddm_cli.data.check import check_dataset, summarise
 
-        settings: DatasetCheckConfig = settings_from(DatasetCheckConfig, DATASET_CHECK, options)
-        size = settings.image_size
-        if isinstance(size, int):
-            size = (size, size)
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        from iddm_cli.data.check import check_dataset, summarise
-
-        with Progress(TextColumn("checking"), BarColumn(), MofNCompleteColumn(), console=err_console,
-                      disable=settings.json or not err_console.is_terminal) as bar:
-            task = bar.add_task("check", total=None)
-            report = check_dataset(settings.path, tuple(size) if size else None, settings.kind, settings.deep,
-                                   lambda d, t: bar.update(task, completed=d, total=t))
-        if settings.json:
-            sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
-        else:
-            _print(report, summarise(report))
-        if report.errors:
-            raise typer.Exit(int(ExitCode.DATA))
-
-    report_errors(run, debug)
+    size = settings.image_size
+    hw = (size, size) if isinstance(size, int) else tuple(size) if size else None
+    with Progress(TextColumn("checking"), BarColumn(), MofNCompleteColumn(), console=err_console,
+                  disable=settings.json or not err_console.is_terminal) as bar:
+        task = bar.add_task("check", total=None)
+        report = check_dataset(settings.path, hw, settings.kind, settings.deep,
+                               lambda d, t: bar.update(task, completed=d, total=t))
+    if settings.json:
+        sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
+    else:
+        _print(report, summarise(report))
+    if report.errors:
+        raise typer.Exit(int(ExitCode.DATA))
 
 
 def _print(report, summary: str) -> None:
@@ -65,40 +55,32 @@ def _print(report, summary: str) -> None:
 
 app.command("check", cls=IddmCommand, short_help="Validate a dataset before training.",
             help="Report everything wrong with a dataset before training: exit 0 (warnings allowed), 3 on errors.",
-            )(command_from(COMMANDS["dataset check"], check_command))
+            )(settings_command(DatasetCheckConfig, COMMANDS["dataset check"], check_command))
 
 
-def get_command(options: dict[str, Any]) -> None:
+def get_command(settings: DatasetGetConfig) -> None:
     """Write a standard dataset as class folders that `iddm dm train` reads."""
-    debug = options.pop("debug")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    def run() -> None:
-        from iddm_cli.config.loader import settings_from
+    from iddm_cli.data.get import get_dataset
 
-        settings: DatasetGetConfig = settings_from(DatasetGetConfig, DATASET_GET, options)
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        from iddm_cli.data.get import get_dataset
-
-        with Progress(TextColumn("writing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=err_console, disable=not err_console.is_terminal) as bar:
-            task = bar.add_task("get", total=None)
-            got = get_dataset(settings.name, settings.dir, settings.split, settings.source, settings.limit,
-                              lambda d, t: bar.update(task, completed=d, total=t))
-        for note in got.notes:
-            err_console.print(f"[yellow]note[/] {escape(note)}", soft_wrap=True)
-        counts = sorted(set(got.counts.values()))
-        per_class = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
-        err_console.print(f"wrote {got.images} images to {got.root}: {len(got.classes)} classes, {per_class} each"
-                          f"{' (md5 verified)' if got.verified else ''}", markup=False, highlight=False, soft_wrap=True)
-        err_console.print(f"train on it: iddm dm train --dataset-path {got.root}", markup=False, highlight=False,
-                          soft_wrap=True)
-
-    report_errors(run, debug)
+    with Progress(TextColumn("writing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err_console, disable=not err_console.is_terminal) as bar:
+        task = bar.add_task("get", total=None)
+        got = get_dataset(settings.name, settings.dir, settings.split, settings.source, settings.limit,
+                          lambda d, t: bar.update(task, completed=d, total=t))
+    for note in got.notes:
+        err_console.print(f"[yellow]note[/] {escape(note)}", soft_wrap=True)
+    counts = sorted(set(got.counts.values()))
+    per_class = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+    err_console.print(f"wrote {got.images} images to {got.root}: {len(got.classes)} classes, {per_class} each"
+                      f"{' (md5 verified)' if got.verified else ''}", markup=False, highlight=False, soft_wrap=True)
+    err_console.print(f"train on it: iddm dm train --dataset-path {got.root}", markup=False, highlight=False,
+                      soft_wrap=True)
 
 
 app.command("get", cls=IddmCommand, short_help="Write a standard dataset (CIFAR, MNIST) as class folders.",
             help="Write cifar10, cifar100, mnist or fashion-mnist as DIR/<class>/<index>.png, the layout `iddm dm "
                  "train` reads: downloaded by torchvision, or from the official files with --from. Exit 3 when the "
                  "data cannot be had, 2 for a usage mistake (DIR not empty included).",
-            )(command_from(COMMANDS["dataset get"], get_command))
+            )(settings_command(DatasetGetConfig, COMMANDS["dataset get"], get_command))
