@@ -12,8 +12,7 @@ from iddm_cli.core import iddm_import
 from iddm_cli.core.checkpoint import load_checkpoint
 from iddm_cli.core.iddm_import import convert, load_any
 from iddm_cli.errors import CheckpointError
-from iddm_cli.nets import build_network, build_stored
-from iddm_cli.train.plan import flavor_of
+from iddm_cli.nets import build_network, build_stored, flavor_of
 from tests.conftest import make_dataset
 
 FIXTURES = Path(__file__).parent / "fixtures" / "iddm_1.3"

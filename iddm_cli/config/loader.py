@@ -28,7 +28,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 MAX_EXTENDS_DEPTH = 8
-MAX_PROCESSES = 4096  # --devices: more processes than any one launch could start
 USER_PROFILE_DIR = Path("~/.config/iddm/profiles").expanduser()
 
 # Common spellings from other trainers that difflib cannot guess.
@@ -211,9 +210,9 @@ def coerce(spec: FieldSpec, value: Any) -> tuple[Any, str | None]:
             return "all", None
         if isinstance(value, str) and value.strip().isdigit():
             value = int(value.strip())
-        if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_PROCESSES:
+        if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= (spec.le or value):
             return value, None
-        return None, f'a number of processes from 1 to {MAX_PROCESSES}, or "all"'
+        return None, f'a number of processes from 1 to {spec.le:g}, or "all"'
     if k == "size":
         size = parse_image_size(value)
         if size is not None and spec.le is not None and max([size] if isinstance(size, int) else size) > spec.le:

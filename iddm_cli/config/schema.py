@@ -153,7 +153,7 @@ class DeviceConfig:
                           resumable=True)
     devices: Any = opt("all", "How many processes: all = every visible GPU (1 on CPU); N > 1 starts N DDP workers "
                               "(gloo processes on CPU). 1 turns multi-GPU off.", kind="count", alias="--nproc",
-                      metavar="all|N", resumable=True)
+                      metavar="all|N", le=4096, resumable=True)
     use_gpu: int = opt(-1, "IDDM's GPU index: the same as --device cuda:N (-1 = not set). Without a GPU, CPU is used.",
                        ge=-1, metavar="N", compat=True, resumable=True)
     distributed: bool = opt(False, "IDDM's DDP switch: the same as --devices all, or --devices WORLD_SIZE when "

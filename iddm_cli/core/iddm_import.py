@@ -118,19 +118,14 @@ def is_iddm_checkpoint(data: Any) -> bool:
     return isinstance(data, dict) and "format" not in data and all(k in data for k in IDDM_KEYS)
 
 
-def strip_module(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """IDDM saves DDP-wrapped models with ``module.`` in front of every key."""
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
 def convert_state(network: str, state: dict[str, torch.Tensor], own: dict[str, torch.Tensor],
                   ) -> tuple[dict[str, torch.Tensor], Conversion]:
-    """IDDM state dict -> ours, checked both ways: each IDDM tensor goes to exactly one of ours (or is dropped with
-    its reason), each of ours is filled once, shapes agree. IDDM's n class rows become our n + 1 with a zero null
-    row: IDDM adds nothing for y=None, and adding zeros reproduces that."""
+    """IDDM state dict (without DDP's ``module.`` prefix) -> ours, checked both ways: each IDDM tensor goes to
+    exactly one of ours (or is dropped with its reason), each of ours is filled once, shapes agree. IDDM's n class
+    rows become our n + 1 with a zero null row: IDDM adds nothing for y=None, and adding zeros reproduces that."""
     out, report, problems = {}, Conversion({}), []
     drop = DROPPED.get(network)
-    for key, value in strip_module(state).items():
+    for key, value in state.items():
         if drop and re.fullmatch(drop[0], key):
             report.dropped.append((key, drop[1]))
             continue
@@ -201,10 +196,10 @@ def convert(data: dict[str, Any], path: Path | str, noise_schedule: str = "linea
 
 def _convert(data: dict[str, Any], path: Path, noise_schedule: str, noise_steps: int) -> Conversion:
     network, act, (h, w), names = _settings(data, path)
-    state = strip_module(data["model"])
     first = {"unet": "inc.double_conv.0.weight", "cspdarkunet": "down1.conv_csp.0.conv.weight"}[network]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(data["model"], dict) or not all(isinstance(v, torch.Tensor) for v in data["model"].values()):
         raise CheckpointError(f"{path}: its 'model' is not a state dict of tensors")
+    state = ckpt.strip_prefix(data["model"])  # IDDM saves DDP-wrapped models with module. in front of every key
     needed = [first, "outc.weight", *(["inc.conv.weight"] if network == "cspdarkunet" else [])]
     if any(key not in state for key in needed):
         raise CheckpointError(f"{path}: the IDDM {network} weights lack one of {', '.join(needed)}")
@@ -220,7 +215,7 @@ def _convert(data: dict[str, Any], path: Path, noise_schedule: str, noise_steps:
     }
     own = build_network(network, **kwargs).state_dict()
     model, report = convert_state(network, state, own)
-    ema = convert_state(network, data["ema_model"], own)[0] if data.get("ema_model") else None
+    ema = convert_state(network, ckpt.strip_prefix(data["ema_model"]), own)[0] if data.get("ema_model") else None
 
     config = Config()
     config.data.image_size = h if h == w else [h, w]

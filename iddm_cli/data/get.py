@@ -143,7 +143,7 @@ def _load_cifar(name: str, spec: Source, splits: tuple[str, ...], src: Path | No
 
     official = getattr(tvd, spec.torchvision)
     reader = _lenient(official)
-    root, verified = tmp, True
+    root = tmp
     if src is None:  # torchvision checks the archive's md5 sum
         _download(name, spec, lambda: official(str(tmp), train=True, download=True))
     elif src.is_dir():  # a folder holding the archive, its extracted folder, or that folder itself
@@ -157,18 +157,11 @@ def _load_cifar(name: str, spec: Source, splits: tuple[str, ...], src: Path | No
             raise DataError(f"--from {src} holds neither {spec.archive} nor {spec.folder}/")
     else:
         _extract(src, spec, tmp)
-    parts: Parts = {}
-    for split in splits:
-        try:
-            ds = reader(str(root), train=split == "train")
-        except _BAD_FILE as err:
-            raise DataError(f"{src or name}: cannot read {spec.folder}/ ({_first(err)}); "
-                            f"it takes {spec.official_files}") from None
-        verified = verified and ds.verified
-        parts[split] = _checked(ds.data, [int(y) for y in ds.targets], len(ds.classes), src or name, split)
+    classes, parts, readers = _read_splits(reader, root, splits, src or name, spec)
+    verified = all(ds.verified for ds in readers)
     notes = [] if verified else [f"{src}: the files differ from the official release's md5 sums; read as the "
                                  f"documented format without that check"]
-    return [safe_class_name(c) for c in ds.classes], parts, verified, notes
+    return classes, parts, verified, notes
 
 
 def _lenient(base: type) -> type:
@@ -228,23 +221,30 @@ def _load_idx(name: str, spec: Source, splits: tuple[str, ...], src: Path | None
         if not verified:
             notes.append(f"{src}: the files are not byte for byte the official .gz files (re-compressed copies such "
                          "as Debian's are not); read as the documented idx format, whose headers torchvision checks")
+    classes, parts, _ = _read_splits(reader, tmp, splits, src or name, spec)
+    return classes, parts, verified, notes
+
+
+def _read_splits(reader: type, root: Path, splits: tuple[str, ...], source: Any,
+                 spec: Source) -> tuple[list[str], Parts, list[Any]]:
+    """(folder names of the classes, each split's images and labels, the readers) through torchvision's ``reader``,
+    once every image of a split has a label that names a class."""
     parts: Parts = {}
+    readers = []
     for split in splits:
         try:
-            ds = reader(str(tmp), train=split == "train")
+            ds = reader(str(root), train=split == "train")
         except _BAD_FILE as err:
-            raise DataError(f"{src or name}: cannot read the {split} files ({_first(err)}); "
+            raise DataError(f"{source}: cannot read the {split} files ({_first(err)}); "
                             f"--from takes {spec.official_files}") from None
-        parts[split] = _checked(ds.data.numpy(), ds.targets.tolist(), len(ds.classes), src or name, split)
-    return [safe_class_name(c) for c in ds.classes], parts, verified, notes
-
-
-def _checked(images: Any, labels: list[int], classes: int, source: Any, split: str) -> tuple[Any, list[int]]:
-    """(images, labels) of one split, once every image has a label that names a class. images: (N, H, W[, 3])."""
-    if len(images) != len(labels) or any(not 0 <= y < classes for y in labels):
-        raise DataError(f"{source}: the {split} files disagree: {len(images)} images, {len(labels)} labels (labels "
-                        f"must be 0 to {classes - 1})")
-    return images, labels
+        images = ds.data.numpy() if hasattr(ds.data, "numpy") else ds.data  # (N, H, W) or (N, H, W, 3) uint8
+        labels = [int(y) for y in ds.targets]
+        if len(images) != len(labels) or any(not 0 <= y < len(ds.classes) for y in labels):
+            raise DataError(f"{source}: the {split} files disagree: {len(images)} images, {len(labels)} labels "
+                            f"(labels must be 0 to {len(ds.classes) - 1})")
+        parts[split] = (images, labels)
+        readers.append(ds)
+    return [safe_class_name(c) for c in ds.classes], parts, readers
 
 
 def _stage_idx(src: Path, spec: Source, reader: type, raw: Path) -> bool:

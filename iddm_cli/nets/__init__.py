@@ -51,6 +51,15 @@ def stored_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {**LEGACY_KWARGS, **kwargs}
 
 
+def flavor_of(network: dict[str, Any], name: str) -> dict[str, Any]:
+    """How a stored network computes beyond what the config says (time embedding, up block); nothing when it is
+    another network."""
+    if network["name"] != name:
+        return {}
+    stored = stored_kwargs(network["kwargs"])
+    return {k: stored[k] for k in FLAVOR_KWARGS if k in stored}
+
+
 def build_stored(network: dict[str, Any]) -> nn.Module:
     """The network a checkpoint's ``{"name", "kwargs"}`` describes."""
     return build_network(network["name"], **stored_kwargs(network["kwargs"]))

@@ -354,9 +354,9 @@ def _open_run(plan: Plan, state: dict[str, Any] | None, provenance: dict[str, An
                "images": len(data.samples)}
     write_run_files(run_dir, plan.config, classes, provenance, state is not None)
     logger = RunLogger(run_dir)
-    for note in filter(None, [lock.note]):
-        logger.log(note)
-        reporter.info(note)
+    if lock.note:  # a file system without locks
+        logger.log(lock.note)
+        reporter.info(lock.note)
     for tmp in ckpt.remove_stale_temps(run_dir):
         logger.log(f"removed {tmp.name}, left by a save that was killed")
     if plan.superseded:

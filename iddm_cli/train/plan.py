@@ -20,7 +20,7 @@ from iddm_cli.core.iddm_import import load_any
 from iddm_cli.core.rundir import check_free_space, check_writable, claim_run_dir, plan_run_dir
 from iddm_cli.data.folder import DatasetInfo, scan_dataset
 from iddm_cli.errors import ConfigError
-from iddm_cli.nets import FLAVOR_KWARGS, build_network, count_parameters, stored_kwargs
+from iddm_cli.nets import build_network, count_parameters, flavor_of
 
 
 @dataclass
@@ -113,15 +113,6 @@ def select_amp(device: torch.device, enabled: bool) -> tuple[torch.dtype | None,
     if torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return torch.bfloat16, False, None
     return None, False, "this CPU has no bf16 support: --amp is ignored and training stays in fp32"
-
-
-def flavor_of(network: dict[str, Any], name: str) -> dict[str, Any]:
-    """How a stored network computes beyond what the config says (time embedding, up block); nothing when it is
-    another network."""
-    if network["name"] != name:
-        return {}
-    stored = stored_kwargs(network["kwargs"])
-    return {k: stored[k] for k in FLAVOR_KWARGS if k in stored}
 
 
 def plan_training(config: Config, run_dir: Path | None = None, world: World | None = None,
