@@ -1,0 +1,1 @@
+"""Quality measures: image fidelity (PSNR, SSIM) and sample quality (FID, KID)."""
