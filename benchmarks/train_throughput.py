@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from iddm_cli.config import resolve
 from iddm_cli.core.reporting import SilentReporter
 from iddm_cli.core.rundir import RunLogger
-from iddm_cli.train.engine import _Session, plan_training
+from iddm_cli.train.engine import Session, plan_training
 
 
 def make_data(root: Path, size: int, classes: int = 10) -> Path:
@@ -46,7 +46,7 @@ def bench(args: argparse.Namespace, amp: bool, tmp: Path) -> dict[str, float | s
              "network": args.network, "base_channels": args.base_channels, "amp": amp, "augment": "resize"}
     plan = plan_training(resolve(flags=flags).config)
     plan.run_dir.mkdir(parents=True)
-    session = _Session(plan, SilentReporter(), RunLogger(plan.run_dir))
+    session = Session(plan, SilentReporter(), RunLogger(plan.run_dir))
     if args.channels_last:
         session.model.to(memory_format=torch.channels_last)
     if args.compile:

@@ -8,6 +8,7 @@ losses, optimizers, ...) are keyed by exactly these names, and a test holds them
 from iddm_cli.data.get import SOURCES as _SOURCES
 from iddm_cli.data.get import SPLITS as _SPLITS
 from iddm_cli.diffusion.registry import SAMPLERS as _SAMPLERS
+from iddm_cli.nets import AUTOENCODER_NETWORKS as _AUTOENCODERS
 from iddm_cli.nets import NETWORKS as _NETWORKS
 
 NETWORKS = tuple(_NETWORKS)
@@ -19,7 +20,8 @@ LR_FUNCS = ("linear", "cosine", "warmup_cosine")
 NOISE_SCHEDULES = ("linear", "cosine", "sqrt_linear", "sqrt")
 IMAGE_FORMATS = ("png", "jpg", "jpeg", "webp", "tif")
 AUGMENTS = ("iddm", "resize", "hflip")
-AUTOENCODERS = ("vae",)
+AUTOENCODERS = tuple(_AUTOENCODERS)
+AUTOENCODER_LOSSES = ("mse_kl",)
 DATASET_KINDS = ("dm", "vae")
 GETTABLE_DATASETS = tuple(_SOURCES)  # iddm dataset get
 GET_SPLITS = tuple(_SPLITS)

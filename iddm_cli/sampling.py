@@ -24,10 +24,11 @@ from iddm_cli.core.checkpoint import strip_prefix
 from iddm_cli.core.devices import parse_device, visible_gpus
 from iddm_cli.core.iddm_import import load_any
 from iddm_cli.core.images import PIL_FORMATS, save_grid, to_uint8
+from iddm_cli.core.latent import LatentCodec, load_autoencoder
 from iddm_cli.core.rundir import check_writable, plan_run_dir
 from iddm_cli.diffusion.samplers import SAMPLERS, sample, timesteps
 from iddm_cli.diffusion.schedule import Diffusion
-from iddm_cli.errors import ConfigError
+from iddm_cli.errors import CheckpointError, ConfigError
 from iddm_cli.nets import build_stored
 
 SampleRequest = SampleConfig  # the settings of one ``iddm sample`` call; defaults and bounds live in the schema
@@ -129,8 +130,9 @@ def check_iddm_flags(req: SampleRequest, ckpt: dict[str, Any]) -> None:
                 for name in given if given[name] is not None and given[name] != stored[name]]
     if req.mode == "text":
         problems.append("--mode text: text conditioning was a stub in IDDM and is not offered; use --mode class")
-    if req.latent:
-        problems.append("--latent: latent diffusion checkpoints are not in this release; sample a pixel-space one")
+    if req.latent and "latent" not in ckpt:
+        problems.append("--latent: this checkpoint is a pixel-space model (drop the flag: iddm sample reads it from "
+                        "the checkpoint)")
     if problems:
         raise ConfigError(*problems)
 
@@ -141,10 +143,16 @@ def generate(req: SampleRequest, progress: Callable[[int, int], None] | None = N
         raise ConfigError("give a checkpoint: iddm sample RUN_DIR or iddm sample path/to/ckpt_last.pt")
     path = resolve_checkpoint(req.checkpoint or req.weight_path)  # IDDM's --weight-path names it too
     ckpt, converted = load_any(path)  # an IDDM 1.x checkpoint is converted in memory
+    if ckpt.get("kind", "dm") != "dm":
+        raise ConfigError(f"{path} is an autoencoder checkpoint: iddm sample draws from diffusion-model checkpoints "
+                          "(its reconstructions are in the run's vis/ folder)")
+    if req.autoencoder_ckpt is not None and "latent" not in ckpt:
+        raise ConfigError("--autoencoder-ckpt: this checkpoint is a pixel-space model; it needs no autoencoder")
     sampler, steps, cfg_scale = check_request(req, ckpt)
     meta = ckpt["data"]
     ids = _labels(req, meta)
     device, device_note = select_device(req.device, req.use_gpu)
+    codec, codec_note = _codec(req, ckpt, device)
     out_dir = output_dir(req, path, sampler, steps)  # checked before any sampling
 
     weights = "ema" if req.ema and ckpt.get("ema") else "model"
@@ -156,9 +164,9 @@ def generate(req: SampleRequest, progress: Callable[[int, int], None] | None = N
     per_class = 1 if "-1" in req.class_name else req.num  # IDDM's -1: one image of every class
     labels = [i for i in ids for _ in range(per_class)] if ids is not None else None
     n = len(labels) if labels is not None else req.num
-    h, w = meta["image_size"]
+    shape = ckpt["latent"]["shape"] if codec is not None else [meta["channels"], *meta["image_size"]]
     gens = [torch.Generator().manual_seed((req.seed * 1_000_003 + k) % 2**63) for k in range(n)]
-    noise = torch.stack([torch.randn(meta["channels"], h, w, generator=g) for g in gens])  # (N, C, H, W)
+    noise = torch.stack([torch.randn(*shape, generator=g) for g in gens])  # (N, C, H, W): images or latents
 
     nfe = SAMPLERS[sampler].nfe(len(timesteps(diffusion, steps)))
     counted = _CountingModel(model, math.ceil(n / req.batch_size) * nfe, progress)
@@ -166,13 +174,41 @@ def generate(req: SampleRequest, progress: Callable[[int, int], None] | None = N
     for start in range(0, n, req.batch_size):
         stop = min(start + req.batch_size, n)
         y = torch.tensor(labels[start:stop], device=device) if labels is not None else None
-        images.append(sample(counted, diffusion, noise[start:stop].to(device), y, sampler=sampler, steps=steps,
-                             cfg_scale=cfg_scale if y is not None else 1.0, eta=req.eta,
-                             generators=gens[start:stop]).cpu())
+        x = sample(counted, diffusion, noise[start:stop].to(device), y, sampler=sampler, steps=steps,
+                   cfg_scale=cfg_scale if y is not None else 1.0, eta=req.eta, generators=gens[start:stop],
+                   clip=None if codec is not None else 1.0)
+        if codec is not None:  # latents, scaled to unit variance in training, decode to images
+            x = codec.decode(x / ckpt["latent"]["scale"])
+        images.append(x.cpu())
     images_t = torch.cat(images)
     result = _write(req, ckpt, path, out_dir, images_t, labels, sampler, steps, cfg_scale, weights)
-    result.notes += [n for n in (converted, device_note) if n]
+    result.notes += [n for n in (converted, device_note, codec_note) if n]
     return result
+
+
+def _codec(req: SampleRequest, ckpt: dict[str, Any], device: torch.device) -> tuple[LatentCodec | None, str | None]:
+    """A latent checkpoint's autoencoder: the file it recorded (or --autoencoder-ckpt), verified by its SHA-256
+    unless --no-verify; (None, None) for a pixel-space checkpoint."""
+    latent = ckpt.get("latent")
+    if latent is None:
+        return None, None
+    record = latent["autoencoder"]
+    given = req.autoencoder_ckpt is not None
+    where = req.autoencoder_ckpt if given else record["path"]
+    key = "--autoencoder-ckpt" if given else "the checkpoint's autoencoder"
+    if not given and not Path(where).exists():
+        raise CheckpointError(f"the autoencoder this model was trained with, {where}, is not there: give it with "
+                              "--autoencoder-ckpt FILE")
+    hint = "give the original with --autoencoder-ckpt, or --no-verify to decode with this one anyway"
+    codec = load_autoencoder(where, key, record["sha256"] if req.verify else None, device, hint)
+    note = None
+    if codec.record["sha256"] != record["sha256"]:
+        note = (f"warning: --no-verify: {codec.record['path']} is not the autoencoder the model was trained with "
+                "(SHA-256 differs); the images may be wrong")
+    if codec.record["network"] != record["network"]:
+        raise ConfigError(f"{key}: {codec.record['path']} is a {codec.record['network']['kwargs']} autoencoder and "
+                          f"the model was trained on a {record['network']['kwargs']} one; it cannot decode them")
+    return codec, note
 
 
 class _CountingModel(torch.nn.Module):

@@ -118,14 +118,18 @@ def test_print_config_round_trips(tmp_path):
     assert config_from_dict(tomllib.loads(text), "x") == r.config
 
 
-def test_features_of_later_releases_are_refused_not_ignored():
+def test_settings_that_cannot_run_are_refused_together():
     r = resolve(sets=["latent=true", "start_epoch=3", "image_size=20", "base_channels=6"])
     with pytest.raises(ConfigError) as err:
         check_runnable(r)
     text = "\n".join(err.value.problems)
-    for key in ("model.latent", "train.start_epoch", "data.image_size", "model.base_channels"):
+    for key in ("model.latent", "train.start_epoch", "model.base_channels"):
         assert key in text
-    assert "--set: data.image_size: 20x20 is not divisible by 8" in text
+    assert "--set: model.latent: needs --autoencoder-ckpt FILE" in text
+    assert "--set: data.image_size" not in text  # a latent's size is checked against its autoencoder
+    r = resolve(sets=["image_size=20"])
+    with pytest.raises(ConfigError, match="--set: data.image_size: 20x20 is not divisible by 8"):
+        check_runnable(r)
 
 
 def test_settings_that_would_do_nothing_are_refused():
@@ -133,6 +137,8 @@ def test_settings_that_would_do_nothing_are_refused():
     with pytest.raises(ConfigError) as err:
         check_runnable(r)
     assert len(err.value.problems) == 2  # --main-gpu is accepted (rank 0 always writes)
+    assert "--autoencoder-ckpt: model.autoencoder_ckpt: only applies to latent diffusion: add --latent, or drop it" \
+        in err.value.problems
     assert "--world-size: device.world_size: only applies together with --distributed (or use --devices N)" \
         in err.value.problems
 

@@ -125,7 +125,7 @@ def test_an_iddm_generate_command_line_works(cond_run, tmp_path, monkeypatch):
     (["--num_classes", "10"], "--num-classes 10: the checkpoint says 3"),
     (["--no-conditional"], "--conditional False: the checkpoint says True"),
     (["--mode", "text"], "--mode text: text conditioning was a stub in IDDM"),
-    (["--latent"], "--latent: latent diffusion checkpoints are not in this release"),
+    (["--latent"], "--latent: this checkpoint is a pixel-space model"),
     (["--generate_name", "../x"], "--generate-name '../x': expected a plain name (it has a path separator)"),
     (["--use_gpu", "0", "--device", "cpu"], "--use-gpu 0 contradicts --device cpu"),
 ])

@@ -8,18 +8,38 @@ from iddm_cli.config.loader import available_profiles
 from tests.conftest import make_dataset
 
 SHIPPED = ["demo", "cifar10", "landscape", "ci-smoke"]
+LATENT = ["latent-demo"]
+AUTOENCODER = ["vae-demo", "neu-det"]
 
 
-def test_the_four_profiles_ship():
-    assert set(SHIPPED) <= set(available_profiles())
+def test_the_profiles_ship():
+    assert set(SHIPPED + LATENT + AUTOENCODER) <= set(available_profiles())
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", SHIPPED + LATENT + AUTOENCODER)
 def test_print_config(invoke, name):
-    result = invoke("dm", "train", "--profile", name, "--print-config")
+    command = ["vae" if name in AUTOENCODER else "dm", "train"]
+    result = invoke(*command, "--profile", name, "--print-config")
     assert result.exit_code == 0, result.output
     assert result.output.startswith("# resolved by iddm")
     assert "[data]" in result.output and "[train]" in result.output
+    assert ('kind = "vae"' in result.output) == (name in AUTOENCODER)
+    other = ["dm" if name in AUTOENCODER else "vae", "train"]
+    result = invoke(*other, "--profile", name, "--print-config")
+    assert result.exit_code == 2 and "is for `iddm" in result.output
+
+
+def test_autoencoder_and_latent_demo_profiles_dry_run(invoke, tmp_path):
+    result = invoke("vae", "train", "--profile", "vae-demo", "--result-path", tmp_path, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "1200 images" in result.output and "200 images" in result.output and "latent 4x8x8" in result.output
+    result = invoke("vae", "train", "--profile", "vae-demo", "--result-path", tmp_path, "--epochs", "1",
+                    "--base-channels", "8", "--run-name", "ae")
+    assert result.exit_code == 0, result.output
+    result = invoke("dm", "train", "--profile", "latent-demo", "--autoencoder-ckpt", tmp_path / "ae",
+                    "--result-path", tmp_path, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "4x8x8 latents" in result.output and "cached once" in result.output
 
 
 @pytest.mark.parametrize("name", SHIPPED)

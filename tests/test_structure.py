@@ -123,7 +123,7 @@ def _imports() -> dict[str, set[str]]:
 
 LAYERS = {  # a module may import modules of its own layer or a lower one
     "iddm_cli.__main__": 6, "iddm_cli.cli": 5, "iddm_cli.api": 4, "iddm_cli.train": 3, "iddm_cli.sampling": 3,
-    "iddm_cli.core": 2, "iddm_cli.data": 1, "iddm_cli.diffusion": 1, "iddm_cli.nets": 1, "iddm_cli.config": 1,
+    "iddm_cli.core": 2, "iddm_cli.data": 1, "iddm_cli.metrics": 2, "iddm_cli.diffusion": 1, "iddm_cli.nets": 1, "iddm_cli.config": 1,
     "iddm_cli.choices": 1, "iddm_cli.errors": 0, "iddm_cli": 0,
 }
 

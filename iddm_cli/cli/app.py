@@ -18,6 +18,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(dm.app, name="dm", short_help="Diffusion models: train.")
+app.add_typer(dm.vae_app, name="vae", short_help="Autoencoders for latent diffusion: train.")
 app.command(
     "resume", cls=IddmCommand, short_help="Continue an interrupted or finished run where it stopped.",
     help="Continue an interrupted run exactly where it stopped; the run directory is all it needs. Only the settings "

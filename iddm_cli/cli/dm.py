@@ -1,5 +1,6 @@
-"""``iddm dm``: diffusion-model commands, and ``iddm resume``. Every option comes from the schema
-(:data:`iddm_cli.config.commands.COMMANDS`); the bodies resolve the settings and hand them to the training engine."""
+"""``iddm dm train``, ``iddm vae train`` and ``iddm resume``. Every option comes from the schema
+(:data:`iddm_cli.config.commands.COMMANDS`); the bodies resolve the settings of the trainer's schema and hand them
+to the training engine, which is the same for both trainers."""
 
 from __future__ import annotations
 
@@ -11,17 +12,19 @@ import typer
 from rich.table import Table
 
 from iddm_cli.cli.common import IddmCommand, command_from, err_console, report_errors
-from iddm_cli.config import FIELDS, check_runnable, resolve, to_toml
+from iddm_cli.config import check_runnable, resolve, to_toml
 from iddm_cli.config.commands import COMMANDS, RUN
 from iddm_cli.config.loader import Resolved
+from iddm_cli.config.schema import DM, VAE, Schema, schema_of
 from iddm_cli.errors import ConfigError
 
-app = typer.Typer(help="Diffusion models (pixel space).", no_args_is_help=True)
+app = typer.Typer(help="Diffusion models, in pixel or latent space.", no_args_is_help=True)
+vae_app = typer.Typer(help="Autoencoders for latent diffusion.", no_args_is_help=True)
 
 
 def explain_table(resolved: Resolved) -> Table:
     table = Table("key", "value", "source", title="resolved configuration", title_justify="left")
-    for name, spec in FIELDS.items():
+    for name, spec in schema_of(resolved.config).fields.items():
         value = getattr(getattr(resolved.config, spec.section), name)
         source = resolved.sources[name]
         table.add_row(spec.dotted, repr(value), source, style=None if source == "default" else "bold")
@@ -59,13 +62,13 @@ def resume_command(options: dict[str, Any]) -> None:
                                   control["dry_run"]), control["debug"])
 
 
-def train_command(options: dict[str, Any]) -> None:
+def train_command(options: dict[str, Any], schema: Schema = DM) -> None:
     control = {name: options.pop(name) for name in RUN if name in options}
     flags = options  # the config keys
 
     def run() -> None:
         profile = control["profile"]
-        resolved = resolve(profile, control["sets"] or [], flags)
+        resolved = resolve(profile, control["sets"] or [], flags, schema)
         if control["explain"]:
             err_console.print(explain_table(resolved))
         if control["print_config"]:
@@ -90,6 +93,14 @@ def train_command(options: dict[str, Any]) -> None:
 
 app.command(
     "train", cls=IddmCommand, short_help="Train a diffusion model on an image folder.",
-    help="Train a diffusion model on an image folder (class subfolders = conditional). Settings: defaults < "
-         "--profile < --set < flags. IDDM's underscore flags (--batch_size) work too.",
+    help="Train a diffusion model on an image folder (class subfolders = conditional), in pixel space or, with "
+         "--latent, in the latent space of an autoencoder from `iddm vae train`. Settings: defaults < --profile < "
+         "--set < flags. IDDM's underscore flags (--batch_size) work too.",
 )(command_from(COMMANDS["dm train"], train_command))
+
+vae_app.command(
+    "train", cls=IddmCommand, short_help="Train the autoencoder of latent diffusion.",
+    help="Train a KL-regularised autoencoder on train/ and val/ image folders: validation PSNR and SSIM every "
+         "epoch, ckpt_best.pt by PSNR, a reconstruction grid per epoch. Its checkpoint is what `iddm dm train "
+         "--latent --autoencoder-ckpt` takes. Settings: defaults < --profile < --set < flags; IDDM's flags work too.",
+)(command_from(COMMANDS["vae train"], lambda options: train_command(options, VAE)))

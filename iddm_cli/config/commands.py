@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from iddm_cli import choices as C
 from iddm_cli.config.fields import COMPAT_PANEL, FieldSpec, opt, pick, specs_of
-from iddm_cli.config.schema import FIELDS
+from iddm_cli.config.schema import AUTOENCODER_FIELDS, FIELDS
 from iddm_cli.diffusion.registry import default_steps_text
 
 
@@ -20,7 +20,8 @@ class RunOptions:
 
     PANEL: ClassVar[str] = "Run"
 
-    profile: str = opt(None, "A shipped profile (demo, cifar10, landscape, ci-smoke), one in "
+    profile: str = opt(None, "A shipped profile (dm train: demo, latent-demo, cifar10, landscape, ci-smoke; vae "
+                       "train: vae-demo, neu-det), one in "
                        "~/.config/iddm/profiles/, or a .toml file.", kind="str", short="-p", metavar="NAME|FILE",
                        complete="profiles")
     sets: list = opt([], "Override one key (value parsed as TOML), e.g. --set optim.lr=1e-4. Repeatable; flags win.",
@@ -73,6 +74,11 @@ class SampleConfig:
     image_format: str = opt("png", "Image file format.", choices=C.IMAGE_FORMATS, panel="Output")
     device: str = opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N.", kind="device",
                       metavar="auto|cpu|cuda|cuda:N", panel="Devices")
+    autoencoder_ckpt: str = opt(None, "A latent checkpoint's autoencoder, when its file moved (a file, or the "
+                                "run directory of `iddm vae train`).", kind="str", metavar="FILE", panel="Latent",
+                                shown="the file the checkpoint recorded")
+    verify: bool = opt(True, "Check that the autoencoder is the one the model was trained with (SHA-256); "
+                       "--no-verify decodes with another one, with a warning.", panel="Latent")
     weight_path: str = opt(None, "IDDM's name for CKPT.", kind="str", metavar="FILE", compat=True)
     use_gpu: int = opt(None, "IDDM's GPU index: the same as --device cuda:N.", kind="int", ge=0, metavar="N",
                        compat=True)
@@ -91,8 +97,8 @@ class SampleConfig:
                             compat=True)
     mode: str = opt(None, "IDDM's conditioning mode: class (text was a stub in IDDM and is not offered).",
                     kind="str", choices=C.GENERATE_MODES, compat=True)
-    latent: bool = opt(None, "IDDM's latent switch: latent checkpoints are not in this release.", kind="bool",
-                       off="", compat=True)
+    latent: bool = opt(None, "IDDM's latent switch: accepted for a latent checkpoint (it says so itself).",
+                       kind="bool", off="", compat=True)
 
 
 @dataclass(kw_only=True)
@@ -152,6 +158,10 @@ COMMANDS: dict[str, dict[str, FieldSpec]] = {
                  "force": replace(RUN["force"], panel=COMPAT_PANEL),  # beside --resume and --start-epoch
                  **{name: spec for name, spec in FIELDS.items() if not spec.compat},
                  **{name: spec for name, spec in FIELDS.items() if spec.compat}},  # IDDM's spellings last
+    "vae train": {**pick(RUN, "profile", "sets", "dry_run", "print_config", "explain", "debug"),
+                  "force": replace(RUN["force"], panel=COMPAT_PANEL),
+                  **{name: spec for name, spec in AUTOENCODER_FIELDS.items() if not spec.compat},
+                  **{name: spec for name, spec in AUTOENCODER_FIELDS.items() if spec.compat}},
     "resume": {**pick(RUN, "run_dir", "dry_run", "debug"), "start_epoch": replace(FIELDS["start_epoch"], panel="Run"),
                "force": RUN["force"],
                **{name: spec for name, spec in FIELDS.items() if spec.resumable and not spec.compat},

@@ -18,7 +18,7 @@ from typing import Any
 import tomli_w
 
 from iddm_cli import __version__
-from iddm_cli.config.schema import FIELDS, SECTIONS, Config, FieldSpec
+from iddm_cli.config.schema import DM, SCHEMAS, VAE, Config, FieldSpec, Schema, schema_of
 from iddm_cli.errors import ConfigError
 from iddm_cli.nets import NETWORKS
 
@@ -41,7 +41,7 @@ ALIASES = {
 
 @dataclass
 class Resolved:
-    config: Config
+    config: Any  # Config (iddm dm train) or AutoencoderRunConfig (iddm vae train)
     sources: dict[str, str]  # key name -> "default" | "profile:<path>" | "--set" | "--flag"
     profile_files: list[Path]
 
@@ -112,63 +112,78 @@ def load_profile_chain(name: str) -> list[tuple[Path, dict[str, Any]]]:
 
 
 # ----------------------------------------------------------------------------------------------- keys
-def suggest(key: str) -> str:
+def suggest(key: str, schema: Schema = DM) -> str:
     """' (did you mean [train] epochs?)' or ''."""
     name = key.split(".")[-1].lower()
-    target = ALIASES.get(name) or next(iter(difflib.get_close_matches(name, list(FIELDS), n=1, cutoff=0.6)), None)
+    fields = schema.fields
+    target = ALIASES.get(name) if ALIASES.get(name) in fields else None
+    target = target or next(iter(difflib.get_close_matches(name, list(fields), n=1, cutoff=0.6)), None)
     if target is None:
         return ""
-    spec = FIELDS[target]
+    spec = fields[target]
     return f" (did you mean [{spec.section}] {spec.name}?)"
 
 
-def lookup_key(key: str) -> FieldSpec | None:
+def lookup_key(key: str, schema: Schema = DM) -> FieldSpec | None:
     """A key as a profile spells it: ``section.name`` or a bare ``name``."""
     if "." in key:
         section, _, name = key.partition(".")
-        spec = FIELDS.get(name)
+        spec = schema.fields.get(name)
         return spec if spec is not None and spec.section == section else None
-    return FIELDS.get(key)
+    return schema.fields.get(key)
 
 
-def flatten_profile(path: Path, data: dict[str, Any], errors: list[str]) -> dict[str, Any]:
+def kind_of(data: dict[str, Any]) -> str:
+    """The trainer a profile, config.toml or stored config is for: its top-level ``kind`` ("dm" when absent)."""
+    kind = data.get("kind", "dm")
+    return kind if kind in SCHEMAS else "dm"
+
+
+def flatten_profile(path: Path, data: dict[str, Any], errors: list[str], schema: Schema = DM) -> dict[str, Any]:
     """Profile tables -> {key name: value}. Top-level bare keys (IDDM's flat names) are accepted too."""
     flat: dict[str, Any] = {}
+    fields, sections = schema.fields, schema.sections
+    kind = data.get("kind", "dm")
+    if kind not in SCHEMAS:
+        errors.append(f"{path}: kind = {kind!r}: expected one of {', '.join(map(repr, SCHEMAS))}")
+    elif kind != schema.kind:
+        errors.append(f"{path}: is for `{SCHEMAS[kind].command}` (kind = {kind!r}), not `{schema.command}`")
+        return flat
     for top, value in data.items():
-        if top == "extends":
+        if top in ("extends", "kind"):
             continue
-        if top in SECTIONS and isinstance(value, dict):
+        if top in sections and isinstance(value, dict):
             for name, inner in value.items():
-                spec = FIELDS.get(name)
+                spec = fields.get(name)
                 if spec is None or spec.section != top:
-                    where = f" (it lives in [{spec.section}])" if spec else suggest(name)
+                    where = f" (it lives in [{spec.section}])" if spec else suggest(name, schema)
                     errors.append(f"{path}: unknown key [{top}] {name}{where}")
                 else:
                     flat[name] = inner
-        elif top in FIELDS and not isinstance(value, dict):
+        elif top in fields and not isinstance(value, dict):
             flat[top] = value
         else:
             kind = "section" if isinstance(value, dict) else "key"
-            hint = suggest(top) if kind == "key" else _section_hint(top)
+            hint = suggest(top, schema) if kind == "key" else _section_hint(top, sections)
             errors.append(f"{path}: unknown {kind} '{top}'{hint}")
     return flat
 
 
-def _section_hint(name: str) -> str:
-    match = difflib.get_close_matches(name, list(SECTIONS), n=1, cutoff=0.6)
-    return f" (did you mean [{match[0]}]?)" if match else f" (sections: {', '.join(SECTIONS)})"
+def _section_hint(name: str, sections: dict[str, type]) -> str:
+    match = difflib.get_close_matches(name, list(sections), n=1, cutoff=0.6)
+    return f" (did you mean [{match[0]}]?)" if match else f" (sections: {', '.join(sections)})"
 
 
-def parse_set(item: str, errors: list[str]) -> tuple[FieldSpec, Any] | None:
+def parse_set(item: str, errors: list[str], schema: Schema = DM) -> tuple[FieldSpec, Any] | None:
     """``key=value`` with the value read as TOML (bare words fall back to strings)."""
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key:
         errors.append(f"--set {item!r}: expected KEY=VALUE, for example --set optim.lr=1e-4")
         return None
-    spec = lookup_key(key)
+    spec = lookup_key(key, schema)
     if spec is None:
-        errors.append(f"--set: unknown key '{key}'{suggest(key)}")
+        errors.append(f"--set: unknown key '{key}'{suggest(key, schema)}")
         return None
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
@@ -277,28 +292,30 @@ def _describe(value: Any) -> str:
 
 # ----------------------------------------------------------------------------------------------- resolve
 def resolve(profile: str | None = None, sets: list[str] | tuple[str, ...] = (),
-            flags: dict[str, Any] | None = None) -> Resolved:
-    """Merge the layers, type-check every value, and return the config with each value's source."""
+            flags: dict[str, Any] | None = None, schema: Schema = DM) -> Resolved:
+    """Merge the layers, type-check every value, and return the config with each value's source. ``schema``: the
+    trainer's settings (the diffusion model's, or the autoencoder's)."""
+    fields = schema.fields
     errors: list[str] = []
     layers: list[tuple[str, dict[str, Any]]] = []  # (source, {key: raw value}), lowest first
     files: list[Path] = []
     if profile:
         for path, data in load_profile_chain(profile):
             files.append(path)
-            layers.append((f"profile:{path}", flatten_profile(path, data, errors)))
+            layers.append((f"profile:{path}", flatten_profile(path, data, errors, schema)))
     set_values: dict[str, Any] = {}
     for item in sets:
-        parsed = parse_set(item, errors)
+        parsed = parse_set(item, errors, schema)
         if parsed:
             set_values[parsed[0].name] = parsed[1]
     layers.append(("--set", set_values))
     layers.append(("flag", {k: v for k, v in (flags or {}).items() if v is not None}))
 
-    values = {name: spec.default for name, spec in FIELDS.items()}
-    sources = dict.fromkeys(FIELDS, "default")
+    values = {name: spec.default for name, spec in fields.items()}
+    sources = dict.fromkeys(fields, "default")
     for source, layer in layers:
         for name, raw in layer.items():
-            spec = FIELDS[name]
+            spec = fields[name]
             origin = spec.flag if source == "flag" else source.removeprefix("profile:")
             value, expected = coerce(spec, raw)
             if expected is not None:
@@ -308,7 +325,7 @@ def resolve(profile: str | None = None, sets: list[str] | tuple[str, ...] = (),
             sources[name] = spec.flag if source == "flag" else source
     if errors:
         raise ConfigError(*errors)
-    return Resolved(build_config(values), sources, files)
+    return Resolved(build_config(values, schema), sources, files)
 
 
 def settings_from(cls: type, specs: dict[str, FieldSpec], flags: dict[str, Any]) -> Any:
@@ -328,28 +345,30 @@ def settings_from(cls: type, specs: dict[str, FieldSpec], flags: dict[str, Any])
     return cls(**values)
 
 
-def build_config(values: dict[str, Any]) -> Config:
-    sections = {s: cls(**{n: values[n] for n, spec in FIELDS.items() if spec.section == s})
-                for s, cls in SECTIONS.items()}
-    return Config(**sections)
+def build_config(values: dict[str, Any], schema: Schema = DM) -> Any:
+    sections = {s: cls(**{n: values[n] for n, spec in schema.fields.items() if spec.section == s})
+                for s, cls in schema.sections.items()}
+    return schema.config(**sections)
 
 
-def config_from_dict(data: dict[str, Any], origin: str) -> Config:
-    """Rebuild a config saved by :func:`to_toml` (config.toml, checkpoint metadata), checking every value."""
+def config_from_dict(data: dict[str, Any], origin: str) -> Any:
+    """Rebuild a config saved by :func:`to_toml` (config.toml, checkpoint metadata), checking every value; its
+    ``kind`` says which trainer's it is."""
     errors: list[str] = []
-    flat = flatten_profile(Path(origin), data, errors)
-    values = {name: spec.default for name, spec in FIELDS.items()}
+    schema = SCHEMAS[kind_of(data)]
+    flat = flatten_profile(Path(origin), data, errors, schema)
+    values = {name: spec.default for name, spec in schema.fields.items()}
     for name, raw in flat.items():
-        value, expected = coerce(FIELDS[name], raw)
+        value, expected = coerce(schema.fields[name], raw)
         if expected is not None:
-            errors.append(f"{origin}: {FIELDS[name].dotted} = {_describe(raw)}: expected {expected}")
+            errors.append(f"{origin}: {schema.fields[name].dotted} = {_describe(raw)}: expected {expected}")
         values[name] = value
     if errors:
         raise ConfigError(*errors)
-    return build_config(values)
+    return build_config(values, schema)
 
 
-def to_toml(config: Config, header: str = "") -> str:
+def to_toml(config: Any, header: str = "") -> str:
     text = tomli_w.dumps(config.to_dict())
     head = f"# resolved by iddm {__version__}{header}; usable as a profile (--profile FILE)\n"
     return head + text
@@ -362,17 +381,13 @@ def source_of(resolved: Resolved, name: str) -> str:
 
 
 def check_runnable(resolved: Resolved) -> None:
-    """Cross-field rules, and settings whose engine this release does not have. All problems at once."""
+    """Cross-field rules that no single value shows. All problems at once."""
     c, errors = resolved.config, []
+    schema = schema_of(c)
 
     def bad(name: str, message: str) -> None:
-        errors.append(f"{source_of(resolved, name)}: {FIELDS[name].dotted}: {message}")
+        errors.append(f"{source_of(resolved, name)}: {schema.fields[name].dotted}: {message}")
 
-    if c.model.latent:
-        bad("latent", "latent diffusion needs a trained autoencoder, and `iddm vae train` is not in this release "
-                      "yet; train in pixel space (drop --latent)")
-    if c.model.autoencoder_ckpt and not c.model.latent:
-        bad("autoencoder_ckpt", "only applies to latent diffusion (--latent), which is not in this release yet")
     if not c.device.distributed and c.device.world_size:
         bad("world_size", "only applies together with --distributed (or use --devices N)")
     if c.device.distributed and c.device.world_size and c.device.devices not in ("all", c.device.world_size):
@@ -393,20 +408,40 @@ def check_runnable(resolved: Resolved) -> None:
         bad("pretrain", "needs --pretrain-path FILE")
     if c.train.pretrain_path and not c.train.pretrain:
         bad("pretrain_path", "is set but --pretrain is not: add --pretrain, or drop the path")
+    h, w = image_hw(c)
+    if schema is VAE:
+        for name in ("train_dataset_path", "val_dataset_path"):
+            if not getattr(c.data, name):
+                bad(name, f"is not set: give --{name.replace('_', '-')} DIR")
+        f = c.model.downsample
+        if f not in (4, 8):
+            bad("downsample", f"{f}: expected 4 or 8")
+        elif h % f or w % f:
+            bad("image_size", f"{h}x{w} is not divisible by the down-sampling factor {f} (try "
+                              f"{max(f, round(h / f) * f)})")
+    else:
+        _check_diffusion(c, h, w, bad)
+    if errors:
+        raise ConfigError(*errors)
+
+
+def _check_diffusion(c: Config, h: int, w: int, bad: Any) -> None:
+    if c.model.latent and not c.model.autoencoder_ckpt:
+        bad("latent", "needs --autoencoder-ckpt FILE: an autoencoder checkpoint from `iddm vae train`")
+    for name in ("autoencoder_ckpt", "cache_latents"):
+        if getattr(c.model, name) and not c.model.latent:
+            bad(name, "only applies to latent diffusion: add --latent, or drop it")
     net = NETWORKS[c.model.network]  # the network's own size rules, from its registry entry
     multiple = net.width_multiple
     if c.model.base_channels % multiple:
         bad("base_channels", f"{c.model.base_channels} is not a multiple of {multiple}, which {c.model.network} "
                              "needs (its attention has 4 heads)")
     divisor = net.size_divisor
-    h, w = image_hw(c)
-    if h % divisor or w % divisor:
+    if not c.model.latent and (h % divisor or w % divisor):  # a latent's size is checked with its autoencoder's
         bad("image_size", f"{h}x{w} is not divisible by {divisor}, which the {c.model.network} network needs "
                           f"(try {max(divisor, round(h / divisor) * divisor)})")
-    if errors:
-        raise ConfigError(*errors)
 
 
-def image_hw(config: Config) -> tuple[int, int]:
+def image_hw(config: Any) -> tuple[int, int]:
     size = config.data.image_size
     return (size, size) if isinstance(size, int) else (size[0], size[1])

@@ -11,10 +11,12 @@ make no sense (lr above 10, cfg_scale above 100, seed beyond 64 bits, dist_timeo
 
 Every IDDM diffusion-training flag has a field here with the same name and meaning (``compat``: shown in the
 IDDM compatibility panel). A field marked ``resumable`` may change when a run resumes: that mark alone makes
-``iddm resume``'s options and rules. A few fields belong to capability a later release brings (latent diffusion):
-they are hidden from help, and setting them is refused with a message by
-:func:`iddm_cli.config.loader.check_runnable` instead of being silently ignored. The options of the other commands
-(``sample``, ``dataset check``, ``resume``) are declared the same way in :mod:`iddm_cli.config.commands`.
+``iddm resume``'s options and rules. The options of the other commands (``sample``, ``dataset check``, ``resume``)
+are declared the same way in :mod:`iddm_cli.config.commands`.
+
+Two trainers have a schema each (:class:`Schema`): the diffusion model's (:class:`Config`, ``iddm dm train``) and the
+autoencoder's (:class:`AutoencoderRunConfig`, ``iddm vae train``, every IDDM autoencoder flag). They share the
+sections that mean the same in both (train, save, device) and the declarations of the settings both have.
 """
 
 from __future__ import annotations
@@ -28,6 +30,29 @@ from iddm_cli.config.fields import FieldSpec, opt, specs_of
 from iddm_cli.nets import NETWORKS
 
 
+def _image_size(default: int) -> Any:
+    return opt(default, "Training size: 64 or H,W (IDDM spellings [64,32] and (64,32) parse too).", kind="size",
+               short="-i", metavar="SIZE", le=4096)
+
+
+def _augment(default: str) -> Any:
+    return opt(default, "iddm: resize to 1.25x then RandomResizedCrop(0.8-1.0); resize: plain resize; hflip: resize "
+               "plus random horizontal flips.", choices=C.AUGMENTS)
+
+
+def _batch_size(default: int) -> Any:
+    return opt(default, "Images per step (per device, as in IDDM).", short="-b", ge=1, le=65_536)
+
+
+def _num_workers() -> Any:
+    return opt(0, "DataLoader worker processes.", ge=0, le=256, resumable=True)
+
+
+def _strict_data() -> Any:
+    return opt(False, "Stop at the first image that fails to decode instead of logging it and training on the next "
+                      "image in its place.", resumable=True)
+
+
 @dataclass(kw_only=True)
 class DataConfig:
     PANEL: ClassVar[str] = "Data"
@@ -36,18 +61,15 @@ class DataConfig:
         "", "Image folder: class subfolders train a conditional model, a folder of images an unconditional one. "
         "'builtin:fashion-mnist' is the embedded demo set.", metavar="DIR"
     )
-    image_size: Any = opt(64, "Training size: 64 or H,W (IDDM spellings [64,32] and (64,32) parse too).",
-                          kind="size", short="-i", metavar="SIZE", le=4096)
+    image_size: Any = _image_size(64)
     conditional: Any = opt("auto", "Class-conditional training; auto = conditional when the folder has 2+ class "
                            "subfolders.", kind="tristate", short="-c")
     num_classes: int = opt(0, "Expected number of classes (0 = count the class subfolders).", ge=0,
                            le=100_000)
-    augment: str = opt("iddm", "iddm: resize to 1.25x then RandomResizedCrop(0.8-1.0); resize: plain resize; "
-                       "hflip: resize plus random horizontal flips.", choices=C.AUGMENTS)
-    batch_size: int = opt(2, "Images per step (per device, as in IDDM).", short="-b", ge=1, le=65_536)
-    num_workers: int = opt(0, "DataLoader worker processes.", ge=0, le=256, resumable=True)
-    strict_data: bool = opt(False, "Stop at the first image that fails to decode instead of logging it and training "
-                                   "on the next image in its place.", resumable=True)
+    augment: str = _augment("iddm")
+    batch_size: int = _batch_size(2)
+    num_workers: int = _num_workers()
+    strict_data: bool = _strict_data()
 
 
 @dataclass(kw_only=True)
@@ -60,11 +82,16 @@ class ModelConfig:
                              + "; ".join(f"{name}: a multiple of {net.width_multiple}, image sides divisible by "
                                          f"{net.size_divisor}" for name, net in NETWORKS.items()) + ".", ge=4, le=1024)
     act: str = opt("gelu", "Activation used throughout the network.", choices=C.ACTIVATIONS)
-    latent: bool = opt(False, "Latent diffusion through a frozen autoencoder (not available in this release).",
-                       short="-l", hidden=True)
-    autoencoder_network: str = opt("vae", "Autoencoder network for latent diffusion.", choices=C.AUTOENCODERS,
-                                   hidden=True)
-    autoencoder_ckpt: str = opt("", "Autoencoder checkpoint for latent diffusion.", metavar="FILE", hidden=True)
+    latent: bool = opt(False, "Latent diffusion: train in the latent space of a frozen autoencoder "
+                       "(--autoencoder-ckpt, from `iddm vae train`); image_size stays the image size.", short="-l",
+                       panel="Latent diffusion")
+    autoencoder_network: str = opt("vae", "Autoencoder network (must be the checkpoint's).", choices=C.AUTOENCODERS,
+                                   panel="Latent diffusion")
+    autoencoder_ckpt: str = opt("", "Autoencoder checkpoint (ckpt_best.pt of an `iddm vae train` run or its run "
+                                "directory).", metavar="FILE", panel="Latent diffusion")
+    cache_latents: bool = opt(False, "Encode the dataset once (posterior mean and std kept in memory) and draw a "
+                              "latent from the posterior each step, instead of encoding every batch; no "
+                              "augmentation then.", panel="Latent diffusion")
 
 
 @dataclass(kw_only=True)
@@ -81,14 +108,22 @@ class DiffusionConfig:
                              ge=0.0, le=1.0)
 
 
+def _lr(default: float) -> Any:
+    return opt(default, "Peak learning rate.", gt=0.0, le=10.0)
+
+
+def _lr_func(default: str) -> Any:
+    return opt(default, "Learning-rate schedule, computed every step: linear = constant (IDDM), cosine, "
+               "warmup_cosine.", choices=C.LR_FUNCS)
+
+
 @dataclass(kw_only=True)
 class OptimConfig:
     PANEL: ClassVar[str] = "Optimisation"
 
     optim: str = opt("adamw", "Optimizer.", choices=C.OPTIMIZERS)
-    lr: float = opt(3e-4, "Peak learning rate.", gt=0.0, le=10.0)
-    lr_func: str = opt("linear", "Learning-rate schedule, computed every step: linear = constant (IDDM), cosine, "
-                       "warmup_cosine.", choices=C.LR_FUNCS)
+    lr: float = _lr(3e-4)
+    lr_func: str = _lr_func("linear")
     warmup_epochs: float = opt(5.0, "Warm-up length for warmup_cosine, in epochs (fractions allowed).", ge=0.0,
                                  le=1_000_000.0)
     loss: str = opt("mse", "Loss between predicted and true noise.", choices=C.LOSSES)
@@ -180,6 +215,8 @@ SECTIONS: dict[str, type] = {
 
 @dataclass(kw_only=True)
 class Config:
+    KIND: ClassVar[str] = "dm"
+
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -194,3 +231,113 @@ class Config:
 
 
 FIELDS: dict[str, FieldSpec] = specs_of(SECTIONS)  # key name -> spec, in section order
+
+
+# ----------------------------------------------------------------------------------------------- autoencoder
+@dataclass(kw_only=True)
+class AutoencoderDataConfig:
+    PANEL: ClassVar[str] = "Data"
+
+    train_dataset_path: str = opt("", "Training images: a folder of images, directly or in subfolders (IDDM's "
+                                  "train/images/). 'builtin:fashion-mnist' is the embedded demo set.", metavar="DIR")
+    val_dataset_path: str = opt("", "Validation images, the same layout: PSNR and SSIM on them every epoch choose "
+                                "ckpt_best.pt. 'builtin:fashion-mnist-val' is the embedded demo set's.",
+                                metavar="DIR")
+    image_size: Any = _image_size(512)
+    augment: str = _augment("hflip")
+    batch_size: int = _batch_size(8)
+    num_workers: int = _num_workers()
+    strict_data: bool = _strict_data()
+
+
+@dataclass(kw_only=True)
+class AutoencoderModelConfig:
+    PANEL: ClassVar[str] = "Model"
+
+    network: str = opt("vae", "Autoencoder network: a KL-regularised convolutional VAE.", choices=C.AUTOENCODERS)
+    latent_channels: int = opt(4, "Channels of the latent (IDDM's flag, which IDDM ignored, is used).", short="-l",
+                               ge=1, le=64)
+    downsample: int = opt(8, "Down-sampling factor from image to latent: 8 or 4; image sides must be divisible by "
+                          "it.", ge=2, le=32)
+    base_channels: int = opt(64, "Width of the first stage (stages: x1, x2, x4, x4); 64 = about IDDM's vae.", ge=8,
+                             le=1024)
+    act: str = opt("silu", "Activation used throughout the network (IDDM stored it and used SiLU regardless).",
+                   choices=C.ACTIVATIONS)
+
+
+@dataclass(kw_only=True)
+class AutoencoderOptimConfig(OptimConfig):
+    lr: float = _lr(1e-4)
+    lr_func: str = _lr_func("cosine")
+    loss: str = opt("mse_kl", "Reconstruction MSE plus kl_weight x KL divergence per element (IDDM's MSEKLLoss).",
+                    choices=C.AUTOENCODER_LOSSES)
+    kl_weight: float = opt(1e-4, "Weight of the KL term (IDDM's 1e-4).", ge=0.0, le=1.0)
+    ema_decay: float = opt(0.0, "EMA of the weights, which validation and the latent diffusion use (0 = none: the "
+                           "weights themselves, as in IDDM).", ge=0.0, le=1.0)
+
+
+@dataclass(kw_only=True)
+class AutoencoderTrainConfig(TrainConfig):
+    epochs: int = opt(100, "Epochs to train.", short="-e", ge=1, le=1_000_000, resumable=True)
+    run_name: str = opt("autoencoder", "Run directory name under result_path: one folder name.", short="-n",
+                         metavar="NAME")
+
+
+@dataclass(kw_only=True)
+class AutoencoderVisConfig:
+    PANEL: ClassVar[str] = "Previews"
+
+    num_vis: int = opt(8, "Validation images in each epoch's reconstruction grid (originals above "
+                       "reconstructions).", ge=1, le=1000, resumable=True)
+    image_format: str = opt("png", "Format of the reconstruction grids.", choices=C.IMAGE_FORMATS, resumable=True)
+
+
+AUTOENCODER_SECTIONS: dict[str, type] = {
+    "data": AutoencoderDataConfig,
+    "model": AutoencoderModelConfig,
+    "optim": AutoencoderOptimConfig,
+    "train": AutoencoderTrainConfig,
+    "save": SaveConfig,
+    "vis": AutoencoderVisConfig,
+    "device": DeviceConfig,
+}
+
+
+@dataclass(kw_only=True)
+class AutoencoderRunConfig:
+    KIND: ClassVar[str] = "vae"
+
+    data: AutoencoderDataConfig = field(default_factory=AutoencoderDataConfig)
+    model: AutoencoderModelConfig = field(default_factory=AutoencoderModelConfig)
+    optim: AutoencoderOptimConfig = field(default_factory=AutoencoderOptimConfig)
+    train: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
+    save: SaveConfig = field(default_factory=SaveConfig)
+    vis: AutoencoderVisConfig = field(default_factory=AutoencoderVisConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """With ``kind = "vae"`` first, so that config.toml and checkpoint metadata say which trainer they are for."""
+        return {"kind": self.KIND, **dataclasses.asdict(self)}
+
+
+AUTOENCODER_FIELDS: dict[str, FieldSpec] = specs_of(AUTOENCODER_SECTIONS)
+
+
+@dataclass(frozen=True)
+class Schema:
+    """One trainer's settings: its sections, config class and fields (key name -> spec)."""
+
+    kind: str  # "dm" | "vae": also a checkpoint's and a profile's ``kind``
+    command: str  # the command that trains it
+    sections: dict[str, type]
+    config: type
+    fields: dict[str, FieldSpec]
+
+
+DM = Schema("dm", "iddm dm train", SECTIONS, Config, FIELDS)
+VAE = Schema("vae", "iddm vae train", AUTOENCODER_SECTIONS, AutoencoderRunConfig, AUTOENCODER_FIELDS)
+SCHEMAS: dict[str, Schema] = {"dm": DM, "vae": VAE}
+
+
+def schema_of(config: Any) -> Schema:
+    return VAE if isinstance(config, AutoencoderRunConfig) else DM

@@ -25,7 +25,9 @@ from iddm_cli.errors import ConfigError, DataError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 BUILTIN_PREFIX = "builtin:"
-BUILTIN_DATASETS = {"fashion-mnist": Path(__file__).resolve().parents[1] / "demo_data" / "fashion-mnist"}
+_DEMO_DATA = Path(__file__).resolve().parents[1] / "demo_data"
+BUILTIN_DATASETS = {"fashion-mnist": _DEMO_DATA / "fashion-mnist",
+                    "fashion-mnist-val": _DEMO_DATA / "fashion-mnist-val"}  # 20 test images a class
 CACHE_LIMIT_BYTES = 1 << 30  # keep pre-resized images in RAM when they fit in this
 
 
@@ -58,11 +60,11 @@ class DatasetInfo:
         return f"{len(self.samples)} images in {self.root} ({kind}, {mode})"
 
 
-def resolve_dataset_path(value: str) -> Path:
+def resolve_dataset_path(value: str, key: str = "data.dataset_path") -> Path:
     if value.startswith(BUILTIN_PREFIX):
         name = value[len(BUILTIN_PREFIX):]
         if name not in BUILTIN_DATASETS:
-            raise ConfigError(f"data.dataset_path: unknown built-in dataset '{name}' "
+            raise ConfigError(f"{key}: unknown built-in dataset '{name}' "
                               f"(available: {', '.join(BUILTIN_PREFIX + n for n in BUILTIN_DATASETS)})")
         return BUILTIN_DATASETS[name]
     return Path(value).expanduser()
@@ -91,30 +93,32 @@ def class_folders(root: Path, conditional: bool | str = "auto") -> list[Path] | 
 
 
 def scan_dataset(dataset_path: str, conditional: bool | str = "auto", num_classes: int = 0,
-                 strict: bool = False, classes: list[str] | None = None) -> DatasetInfo:
+                 strict: bool = False, classes: list[str] | None = None, key: str = "data.dataset_path") -> DatasetInfo:
     """The quick check before training: find the images and decide the layout. Data that cannot train is a
     DataError (exit 3) pointing at `iddm dataset check`; unreadable files are left out and noted (an error when
     ``strict``). ``classes``: a resumed run's own class names ([] = unconditional), which replace the layout rule,
-    so that a run started under another rule continues on the same classes."""
+    so that a run started under another rule continues on the same classes. ``key``: the setting that named the
+    folder, for messages."""
     try:
-        return _scan(dataset_path, conditional, num_classes, strict, classes)
+        return _scan(dataset_path, conditional, num_classes, strict, classes, key)
     except DataError as err:
         hint = f"; `iddm dataset check {dataset_path}` lists every problem"
         raise DataError(*[p + hint for p in err.problems]) from None
 
 
 def _scan(dataset_path: str, conditional: bool | str, num_classes: int, strict: bool,
-          known: list[str] | None) -> DatasetInfo:
+          known: list[str] | None, key: str) -> DatasetInfo:
     if not dataset_path:
-        raise ConfigError("data.dataset_path is not set: pass --dataset-path DIR or use a profile "
-                          "(--profile demo trains on the embedded dataset)")
-    root = resolve_dataset_path(dataset_path)
+        flag = "--" + key.rpartition(".")[2].replace("_", "-")
+        raise ConfigError(f"{key} is not set: pass {flag} DIR or use a profile (--profile demo trains on the "
+                          "embedded dataset)")
+    root = resolve_dataset_path(dataset_path, key)
     if not root.exists():
         known = known_dataset(root.name)  # a folder named after a standard dataset: say how to make it
         hint = f"; `iddm dataset get {known} {shlex.quote(dataset_path)}` makes it" if known else ""
-        raise DataError(f"dataset path {root} does not exist (data.dataset_path){hint}")
+        raise DataError(f"dataset path {root} does not exist ({key}){hint}")
     if not root.is_dir():
-        raise DataError(f"dataset path {root} is not a folder (data.dataset_path)")
+        raise DataError(f"dataset path {root} is not a folder ({key})")
 
     classes = class_folders(root, conditional) if known is None else [root / name for name in known] or None
     notes: list[str] = []

@@ -8,8 +8,8 @@ returns the (guided) noise prediction for real-valued steps ``t`` of shape (B,),
 Notation (Lu et al. 2022): alpha_t = sqrt(alpha_bar_t), sigma_t = sqrt(1 - alpha_bar_t), lambda_t = log(alpha_t /
 sigma_t). After the last grid step every sampler makes a final first-order move to the clean image (alpha = 1,
 sigma = 0), which is the clipped x0 prediction. Predicted x0 is clipped to the data range [-1, 1] wherever a method
-forms it (all but dpm2, which works with noise predictions only); the result is always clamped, so nothing can
-wrap around when converted to 8 bit.
+forms it (all but dpm2, which works with noise predictions only), and so is the result, so nothing can wrap around
+when converted to 8 bit. Latents have no such range: with ``clip=None`` nothing is clipped.
 """
 
 from __future__ import annotations
@@ -62,8 +62,12 @@ def _t(x: torch.Tensor, t: float) -> torch.Tensor:
     return torch.full((x.shape[0],), float(t), device=x.device)
 
 
-def _x0(x: torch.Tensor, eps: torch.Tensor, a: float, s: float) -> torch.Tensor:
-    return ((x - s * eps) / a).clamp(-1, 1)
+def _x0(x: torch.Tensor, eps: torch.Tensor, a: float, s: float, clip: float | None) -> torch.Tensor:
+    return _clip((x - s * eps) / a, clip)
+
+
+def _clip(x: torch.Tensor, clip: float | None) -> torch.Tensor:
+    return x if clip is None else x.clamp(-clip, clip)
 
 
 def _grid(ts: list[float]) -> list[tuple[float, float]]:
@@ -72,40 +76,40 @@ def _grid(ts: list[float]) -> list[tuple[float, float]]:
 
 # ----------------------------------------------------------------------------------------------- DDPM / DDIM
 def ddim(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, ts: list[float], *, eta: float = 0.0,
-         noise: NoiseFn | None = None) -> torch.Tensor:
+         noise: NoiseFn | None = None, clip: float | None = 1.0) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12 with sigma from eq. 16): eta = 0 is deterministic, eta = 1 is DDPM-like."""
     coef = _Coef(diffusion)
     for t, s in _grid(ts):
         (a_t, s_t, _), (a_s, s_s, _) = coef(t), coef(s)
         eps = eps_fn(x, _t(x, t))
-        x0 = _x0(x, eps, a_t, s_t)
+        x0 = _x0(x, eps, a_t, s_t, clip)
         sigma = eta * (s_s / s_t) * math.sqrt(max(1 - (a_t / a_s) ** 2, 0.0)) if s != CLEAN else 0.0
         x = a_s * x0 + math.sqrt(max(s_s**2 - sigma**2, 0.0)) * eps
         if sigma > 0:
             x = x + sigma * noise()
-    return x.clamp(-1, 1)
+    return _clip(x, clip)
 
 
 def ddpm(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, ts: list[float], *, eta: float = 1.0,
-         noise: NoiseFn | None = None) -> torch.Tensor:
+         noise: NoiseFn | None = None, clip: float | None = 1.0) -> torch.Tensor:
     """Ancestral sampling from the posterior q(x_s | x_t, x0) (Ho et al. 2020, eqs. 6-7), with the respaced betas
     beta = 1 - alpha_bar_t / alpha_bar_s of Nichol & Dhariwal 2021 (sec. 4) when fewer than T steps are used."""
     coef = _Coef(diffusion)
     for t, s in _grid(ts):
         (a_t, s_t, _), (a_s, s_s, _) = coef(t), coef(s)
-        x0 = _x0(x, eps_fn(x, _t(x, t)), a_t, s_t)
+        x0 = _x0(x, eps_fn(x, _t(x, t)), a_t, s_t, clip)
         if s == CLEAN:
             x = x0
             continue
         beta = 1 - (a_t / a_s) ** 2
         mean = (a_s * beta / s_t**2) * x0 + ((a_t / a_s) * s_s**2 / s_t**2) * x
         x = mean + math.sqrt(beta * s_s**2 / s_t**2) * noise()
-    return x.clamp(-1, 1)
+    return _clip(x, clip)
 
 
 # ----------------------------------------------------------------------------------------------- PLMS
 def plms(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, ts: list[float], *, eta: float = 0.0,
-         noise: NoiseFn | None = None) -> torch.Tensor:
+         noise: NoiseFn | None = None, clip: float | None = 1.0) -> torch.Tensor:
     """Pseudo linear multistep (PNDM, Liu et al. 2022, eqs. 11-13): the DDIM transfer driven by an Adams-Bashforth
     combination of past eps; the first step uses a pseudo improved-Euler estimate (2 evaluations)."""
     coef = _Coef(diffusion)
@@ -113,7 +117,7 @@ def plms(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, ts: list[float], 
 
     def transfer(x: torch.Tensor, eps: torch.Tensor, t: float, s: float) -> torch.Tensor:
         (a_t, s_t, _), (a_s, s_s, _) = coef(t), coef(s)
-        return a_s * _x0(x, eps, a_t, s_t) + s_s * eps
+        return a_s * _x0(x, eps, a_t, s_t, clip) + s_s * eps
 
     for t, s in _grid(ts):
         eps = eps_fn(x, _t(x, t))
@@ -130,7 +134,7 @@ def plms(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, ts: list[float], 
             e = eps
         history.append(eps)
         x = transfer(x, e, t, s)
-    return x.clamp(-1, 1)
+    return _clip(x, clip)
 
 
 # ----------------------------------------------------------------------------------------------- DPM-Solver
@@ -139,30 +143,30 @@ def _mid(diffusion: Diffusion, lam_t: float, lam_s: float) -> float:
 
 
 def dpm2(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, ts: list[float], *, eta: float = 0.0,
-         noise: NoiseFn | None = None) -> torch.Tensor:
+         noise: NoiseFn | None = None, clip: float | None = 1.0) -> torch.Tensor:
     """DPM-Solver-2 (Lu et al. 2022, Algorithm 1, r1 = 1/2): a midpoint step in lambda with noise predictions."""
     coef = _Coef(diffusion)
     for t, s in _grid(ts):
         a_t, s_t, l_t = coef(t)
         eps = eps_fn(x, _t(x, t))
         if s == CLEAN:
-            x = _x0(x, eps, a_t, s_t)
+            x = _x0(x, eps, a_t, s_t, clip)
             continue
         a_s, s_s, l_s = coef(s)
         t_mid = _mid(diffusion, l_t, l_s)
         a_m, s_m, l_m = coef(t_mid)
         u = (a_m / a_t) * x - s_m * math.expm1(l_m - l_t) * eps
         x = (a_s / a_t) * x - s_s * math.expm1(l_s - l_t) * eps_fn(u, _t(x, t_mid))
-    return x.clamp(-1, 1)
+    return _clip(x, clip)
 
 
 def dpmpp(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, ts: list[float], *, eta: float = 0.0,
-          noise: NoiseFn | None = None) -> torch.Tensor:
+          noise: NoiseFn | None = None, clip: float | None = 1.0) -> torch.Tensor:
     """DPM-Solver++(2S) (Lu et al. 2022b, Algorithm 1, r = 1/2): single-step second order with data predictions."""
     coef = _Coef(diffusion)
     for t, s in _grid(ts):
         a_t, s_t, l_t = coef(t)
-        x0 = _x0(x, eps_fn(x, _t(x, t)), a_t, s_t)
+        x0 = _x0(x, eps_fn(x, _t(x, t)), a_t, s_t, clip)
         if s == CLEAN:
             x = x0
             continue
@@ -170,21 +174,21 @@ def dpmpp(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, ts: list[float],
         t_mid = _mid(diffusion, l_t, l_s)
         a_m, s_m, l_m = coef(t_mid)
         u = (s_m / s_t) * x - a_m * math.expm1(-(l_m - l_t)) * x0
-        x0_mid = _x0(u, eps_fn(u, _t(x, t_mid)), a_m, s_m)
+        x0_mid = _x0(u, eps_fn(u, _t(x, t_mid)), a_m, s_m, clip)
         x = (s_s / s_t) * x - a_s * math.expm1(-(l_s - l_t)) * x0_mid
-    return x.clamp(-1, 1)
+    return _clip(x, clip)
 
 
 def _multistep(order: int) -> Callable[..., torch.Tensor]:
     def sampler(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, ts: list[float], *, eta: float = 0.0,
-                noise: NoiseFn | None = None) -> torch.Tensor:
+                noise: NoiseFn | None = None, clip: float | None = 1.0) -> torch.Tensor:
         """Multistep DPM-Solver++ (Lu et al. 2022b, Algorithm 2 and its third-order extension, appendix B):
         lower orders while the history fills up, first order for the final move to the clean image."""
         coef = _Coef(diffusion)
         hist: list[tuple[torch.Tensor, float]] = []  # (x0 prediction, lambda), newest last
         for t, s in _grid(ts):
             a_t, s_t, l_t = coef(t)
-            hist = (hist + [(_x0(x, eps_fn(x, _t(x, t)), a_t, s_t), l_t)])[-3:]
+            hist = (hist + [(_x0(x, eps_fn(x, _t(x, t)), a_t, s_t, clip), l_t)])[-3:]
             if s == CLEAN:
                 x = hist[-1][0]
                 continue
@@ -208,7 +212,7 @@ def _multistep(order: int) -> Callable[..., torch.Tensor]:
                     phi2 = phi1 / h + 1
                     phi3 = phi2 / h - 0.5
                     x = x + a_s * phi2 * d1 - a_s * phi3 * d2
-        return x.clamp(-1, 1)
+        return _clip(x, clip)
 
     return sampler
 
@@ -238,8 +242,9 @@ def guided_eps(model: torch.nn.Module, labels: torch.Tensor | None, cfg_scale: f
 @torch.no_grad()
 def sample(model: torch.nn.Module, diffusion: Diffusion, noise: torch.Tensor, labels: torch.Tensor | None, *,
            sampler: str = "ddim", steps: int | None = None, cfg_scale: float = 1.0, eta: float | None = None,
-           generators: list[torch.Generator] | None = None) -> torch.Tensor:
-    """Images in [-1, 1] from start noise (B, C, H, W). ``generators`` (one per sample) drive stochastic samplers."""
+           generators: list[torch.Generator] | None = None, clip: float | None = 1.0) -> torch.Tensor:
+    """Images in [-1, 1] from start noise (B, C, H, W). ``generators`` (one per sample) drive stochastic samplers.
+    ``clip``: the data range x0 predictions and the result are clipped to (None for latents, which have no range)."""
     spec = SAMPLERS[sampler]
     ts = timesteps(diffusion, steps or spec.default_steps)
 
@@ -249,4 +254,5 @@ def sample(model: torch.nn.Module, diffusion: Diffusion, noise: torch.Tensor, la
         return torch.stack([torch.randn(noise.shape[1:], generator=g) for g in generators]).to(noise.device)
 
     kwargs = {} if eta is None else {"eta": eta}
-    return SAMPLER_FNS[sampler](guided_eps(model, labels, cfg_scale), diffusion, noise, ts, noise=fresh_noise, **kwargs)
+    return SAMPLER_FNS[sampler](guided_eps(model, labels, cfg_scale), diffusion, noise, ts, noise=fresh_noise,
+                                   clip=clip, **kwargs)

@@ -30,6 +30,13 @@ NETWORKS: dict[str, NetworkSpec] = {
 }
 
 
+AUTOENCODER_NETWORKS: dict[str, NetworkSpec] = {
+    "vae": NetworkSpec("iddm_cli.nets.autoencoder:Autoencoder", 1, 8,
+                       "KL-regularised convolutional autoencoder (down-sampling 4 or 8)"),
+}
+"""The autoencoders of latent diffusion (``iddm vae train``); their size rule is the down-sampling factor."""
+
+
 LEGACY_KWARGS: dict[str, Any] = {"time_embedding": "legacy"}
 """What network kwargs stored without these keys (iddm 0.1 checkpoints) meant: see ``nets.layers.TIME_EMBEDDINGS``.
 New runs store ``time_embedding="iddm"`` explicitly; ``cspdarkunet`` also takes ``up_block`` ("csp", or "iddm" for
@@ -41,8 +48,9 @@ FLAVOR_KWARGS = ("time_embedding", "up_block")  # how a network computes, beyond
 
 def build_network(name: str, **kwargs: Any) -> nn.Module:
     """kwargs: in_channels, out_channels, base_channels, num_classes, act, time_embedding, and for cspdarkunet
-    up_block (stored in checkpoints as-is)."""
-    module, _, cls = NETWORKS[name].factory.partition(":")
+    up_block (stored in checkpoints as-is); an autoencoder's: in_channels, latent_channels, base_channels,
+    downsample, act."""
+    module, _, cls = {**NETWORKS, **AUTOENCODER_NETWORKS}[name].factory.partition(":")
     return getattr(importlib.import_module(module), cls)(**kwargs)
 
 
@@ -62,6 +70,8 @@ def flavor_of(network: dict[str, Any], name: str) -> dict[str, Any]:
 
 def build_stored(network: dict[str, Any]) -> nn.Module:
     """The network a checkpoint's ``{"name", "kwargs"}`` describes."""
+    if network["name"] in AUTOENCODER_NETWORKS:  # stored complete since the first release that had them
+        return build_network(network["name"], **network["kwargs"])
     return build_network(network["name"], **stored_kwargs(network["kwargs"]))
 
 

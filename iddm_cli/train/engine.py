@@ -1,5 +1,7 @@
-"""Pixel-space diffusion training: :func:`train` runs a plan from :mod:`iddm_cli.train.plan`, for a new run or
-continuing a saved state.
+"""The training engine of every trainer: :func:`train` runs a plan from :mod:`iddm_cli.train.plan`, for a new run
+or continuing a saved state. What is learned (a diffusion model in pixel or latent space, or an autoencoder) is the
+plan's task (:mod:`iddm_cli.train.tasks`); the step, the optimizer, the data order, DDP, signals, checkpoints and
+the run directory are the same for all.
 Durations are counted in optimizer steps; every step draws its randomness from a generator seeded by
 (seed, rank, step), and every epoch's data order from (seed, epoch), so a run is a pure function of its config.
 
@@ -14,7 +16,7 @@ import math
 import random
 import signal
 import time
-from contextlib import suppress
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,21 +27,18 @@ from torch.utils.data import DataLoader
 
 from iddm_cli.core import checkpoint as ckpt
 from iddm_cli.core.devices import SINGLE, World
-from iddm_cli.core.images import save_grid
 from iddm_cli.core.reporting import Reporter, SilentReporter
 from iddm_cli.core.rundir import NullLogger, RunLock, RunLogger, supersede, write_run_files
-from iddm_cli.data.folder import EpochSampler, ImageFolderDataset, collate
-from iddm_cli.diffusion.schedule import Diffusion
+from iddm_cli.data.folder import EpochSampler, collate
 from iddm_cli.errors import Interrupted, TrainingError
 from iddm_cli.train import distributed as dist
 from iddm_cli.train.ema import EMA
-from iddm_cli.train.objectives import LOSSES, LR_FUNCS, OPTIMIZERS
+from iddm_cli.train.objectives import LR_FUNCS, OPTIMIZERS
 from iddm_cli.train.plan import Plan, plan_training
-from iddm_cli.train.preview import sharded_sample
 from iddm_cli.train.signals import ignore_ctrl_c, stop_on_signals
+from iddm_cli.train.tasks import TASKS
 
 __all__ = ["Plan", "TrainResult", "plan_training", "train"]  # re-exported for callers
-
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -58,10 +57,12 @@ def step_generator(seed: int, step: int, device: torch.device, rank: int = 0) ->
     return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step + rank * 0x9E3779B97F4A7C15) % 2**63)
 
 
-class _Session:
-    """The state of one training run: model, EMA, optimizer, data, logs, and the per-step update."""
+class Session:
+    """The state of one training run: model, EMA, optimizer, data, logs, and the per-step update; ``task`` is what
+    is learned. ``state``: the training state a resumed run continues from."""
 
-    def __init__(self, plan: Plan, reporter: Reporter, logger: RunLogger | NullLogger, world: World = SINGLE):
+    def __init__(self, plan: Plan, reporter: Reporter, logger: RunLogger | NullLogger, world: World = SINGLE,
+                 state: dict[str, Any] | None = None):
         c = plan.config
         self.plan, self.c, self.reporter, self.logger, self.world = plan, c, reporter, logger, world
         self.device = plan.device
@@ -73,11 +74,12 @@ class _Session:
         self.ema = EMA(self.model, c.optim.ema_decay)
         self.optimizer = OPTIMIZERS[c.optim.optim](self.model.parameters(), c.optim.lr)
         self.scaler = torch.amp.GradScaler("cuda") if plan.use_scaler else None
-        self.loss_fn = LOSSES[c.optim.loss]()
-        self.diffusion = Diffusion(c.diffusion.noise_schedule, c.diffusion.noise_steps)
         self.lr_func = LR_FUNCS[c.optim.lr_func]
         self.warmup = round(c.optim.warmup_epochs * plan.steps_per_epoch)
-        dataset = ImageFolderDataset(plan.data, c.data.augment, plan.image_size, c.data.strict_data, c.train.seed)
+        self.notes: list[str] = []  # what the task found out while starting (the measured latent scale)
+        self.previews: list[Path] = []
+        self.task = TASKS[plan.kind](self, state)
+        dataset = self.task.dataset()
         self.sampler = EpochSampler(len(dataset), c.train.seed, world.rank, world.size)
         self.loader = DataLoader(
             dataset, batch_size=c.data.batch_size, sampler=self.sampler, num_workers=c.data.num_workers,
@@ -89,7 +91,10 @@ class _Session:
         self.stop_signal: int | None = None  # set by the SIGINT/SIGTERM handler
         self.agreed_stop: int | None = None  # the signal every rank acts on, agreed after each step
         self.bad_files: set[str] = set()  # files that failed to decode; replaced, never a crash
-        self.previews: list[Path] = []
+
+    def autocast(self) -> AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=self.plan.amp_dtype or torch.float32,
+                              enabled=self.plan.amp_dtype is not None)
 
     def close(self) -> None:
         """End the DataLoader's worker processes now: persistent workers otherwise live as long as this object,
@@ -111,30 +116,19 @@ class _Session:
     def compute_gradients(self, x0: torch.Tensor, y: torch.Tensor,
                           sched_step: int) -> tuple[torch.Tensor, torch.Tensor, float]:
         """Phases 1-5: (loss, gradient norm) as device tensors, and the learning rate set for this step."""
-        c, b = self.c, x0.shape[0]
+        c = self.c
 
-        # 1. noise level, noise and label dropout, all from this step's own generator (seed, rank, step)
-        x0 = x0.to(self.device, non_blocking=True)  # (B, C, H, W) in [-1, 1]
+        # 1. this step's own generator (seed, rank, step): every random draw of the step comes from it
         g = step_generator(c.train.seed, self.step, self.device, self.world.rank)
-        t = torch.randint(0, self.diffusion.T, (b,), device=self.device, generator=g)  # (B,)
-        noise = torch.randn(x0.shape, device=self.device, generator=g)  # (B, C, H, W)
-        labels = None
-        if self.plan.data.conditional:  # per-sample dropout to the null class (classifier-free guidance)
-            labels = y.to(self.device, non_blocking=True)  # (B,)
-            drop = torch.rand(b, device=self.device, generator=g) < c.diffusion.cfg_dropout
-            labels = torch.where(drop, torch.full_like(labels, len(self.plan.data.class_names)), labels)
-        x_t = self.diffusion.q_sample(x0, t, noise)  # (B, C, H, W)
 
         # 2. learning rate, per step (not per epoch; the first step already trains)
         lr = c.optim.lr * self.lr_func(sched_step, self.plan.total_steps, self.warmup)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-        # 3. forward: predict the noise (under DDP, self.net is the wrapper that averages gradients in backward)
-        with torch.autocast(self.device.type, dtype=self.plan.amp_dtype or torch.float32,
-                            enabled=self.plan.amp_dtype is not None):
-            pred = self.net(x_t, t, labels)  # (B, C, H, W)
-        loss = self.loss_fn(pred.float(), noise)
+        # 3. forward and loss, the task's: noise prediction (diffusion) or reconstruction (autoencoder); under DDP
+        # the task calls self.net, the wrapper that averages the gradients in backward
+        loss = self.task.loss(x0, y, g)
 
         # 4. backward (scaled under fp16, then unscaled so that clipping sees true gradients)
         self.optimizer.zero_grad(set_to_none=True)
@@ -253,13 +247,13 @@ class _Session:
     def checkpoint_payload(self, epochs_done: int, position: int = 0) -> dict[str, Any]:
         p, data = self.plan, self.plan.data
         return {
-            "format": ckpt.FORMAT, "format_version": ckpt.FORMAT_VERSION, "kind": "dm",
+            "format": ckpt.FORMAT, "format_version": ckpt.FORMAT_VERSION, "kind": p.kind,
             "config": self.c.to_dict(),
             "created_config": self.plan.created_config or self.c.to_dict(),  # what config.toml must match
             "network": p.network,
             "data": {"image_size": list(p.image_size), "channels": data.channels, "conditional": data.conditional,
                      "class_names": data.class_names, "class_counts": data.class_counts},
-            "diffusion": self.diffusion.describe(),
+            **self.task.payload(),
             "versions": ckpt.versions(),
             "progress": {"epoch": epochs_done, "step": self.step, "skipped_steps": self.skipped,
                          "skipped_files": sorted(self.bad_files), "position": position,
@@ -320,28 +314,6 @@ class _Session:
                     "data order from here on differs from a run that was never interrupted")
         return progress["epoch"], position, note
 
-    def preview(self, epochs_done: int) -> Path | None:
-        """A grid from the EMA weights, always from the same noise. Under DDP each rank samples its share of the
-        grid and rank 0 gathers and writes it, so no rank waits long for another. Returns the file on rank 0."""
-        c, data, world = self.c, self.plan.data, self.world
-        per = c.vis.num_vis if c.vis.num_vis > 0 else 8
-        if data.conditional:
-            labels = torch.arange(len(data.class_names), device=self.device).repeat_interleave(per)
-        else:
-            labels = None
-        n = labels.numel() if labels is not None else per
-        g = torch.Generator().manual_seed(c.train.seed)  # the same noise every time: progress is comparable
-        noise = torch.randn(n, data.channels, *self.plan.image_size, generator=g).to(self.device)
-        images = sharded_sample(self.ema.model, self.diffusion, noise, labels, world, steps=c.vis.vis_steps,
-                                cfg_scale=c.diffusion.cfg_scale)
-        if images is None:
-            return None
-        rows = len(data.class_names) if data.conditional else max(1, round(math.sqrt(n)))
-        path = self.plan.run_dir / "vis" / f"ema_{epochs_done:03d}.{c.vis.image_format}"
-        save_grid(images, path, rows, data.class_names or None, c.vis.image_format)
-        self.previews.append(path)
-        return path
-
 
 def _open_run(plan: Plan, state: dict[str, Any] | None, provenance: dict[str, Any] | None,
               reporter: Reporter) -> tuple[RunLock, RunLogger]:
@@ -372,7 +344,7 @@ def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, An
     lock, logger = None, NullLogger()  # type: tuple[RunLock | None, RunLogger | NullLogger]
     reporter = (reporter or Reporter()) if world.is_main else SilentReporter()
     restore_signals = lambda: None  # noqa: E731
-    session: _Session | None = None
+    session: Session | None = None
     try:
         if world.is_main:
             lock, logger = _open_run(plan, state, provenance, reporter)
@@ -380,7 +352,10 @@ def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, An
         for line in plan.describe():
             logger.log(line)
             reporter.info(line)
-        session = _Session(plan, reporter, logger, world)
+        session = Session(plan, reporter, logger, world, state)
+        for line in session.notes:
+            logger.log(line)
+            reporter.info(line)
         start_epoch, position = 0, 0
         if state is not None:
             start_epoch, position, note = session.restore(state)
@@ -398,15 +373,14 @@ def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, An
         for epoch in range(start_epoch, c.train.epochs):
             mean_loss = session.run_epoch(epoch, position if epoch == start_epoch else 0)
             done = epoch + 1
-            last = session.save(done)
             summary = {"event": "epoch", "step": session.step, "epoch": done, "loss": mean_loss,
                        "skipped_steps": session.skipped, "skipped_files": len(session.bad_files)}
-            if c.vis.vis and (done % c.vis.vis_interval == 0 or done == c.train.epochs):
-                preview = session.preview(done)
-                if preview is not None:
-                    summary["preview"] = str(preview.relative_to(run_dir))
+            summary.update(session.task.before_save(done))  # validation, which the checkpoint records
+            last = session.save(done)
+            summary.update(session.task.after_save(done, last))  # previews, the best checkpoint
             logger.metrics(summary)
-            logger.log(f"epoch {done}/{c.train.epochs} done: mean loss {mean_loss:.4f}")
+            logger.log(f"epoch {done}/{c.train.epochs} done: mean loss {mean_loss:.4f}"
+                       + session.task.describe_epoch())
             reporter.end_epoch(epoch, summary)
             if session.stop_requested() is not None:
                 raise Interrupted(session.agreed_stop, run_dir)
@@ -432,5 +406,5 @@ def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, An
             session.close()
 
 
-def _weights(session: _Session) -> dict[str, Any]:
+def _weights(session: Session) -> dict[str, Any]:
     return {"parameters": list(session.model.parameters()), "EMA": list(session.ema.model.state_dict().values())}

@@ -14,18 +14,20 @@ import torch
 from torch import nn
 
 from iddm_cli.config import Config, image_hw
+from iddm_cli.config.schema import VAE, schema_of
 from iddm_cli.core.checkpoint import load_pretrained
 from iddm_cli.core.devices import Layout, World, plan_layout
 from iddm_cli.core.iddm_import import load_any
+from iddm_cli.core.latent import LatentCodec, load_autoencoder
 from iddm_cli.core.rundir import check_free_space, check_writable, claim_run_dir, plan_run_dir
 from iddm_cli.data.folder import DatasetInfo, scan_dataset
-from iddm_cli.errors import ConfigError
-from iddm_cli.nets import build_network, count_parameters, flavor_of
+from iddm_cli.errors import ConfigError, DataError
+from iddm_cli.nets import NETWORKS, build_network, count_parameters, flavor_of
 
 
 @dataclass
 class Plan:
-    config: Config
+    config: Any  # Config (a diffusion model) or AutoencoderRunConfig
     data: DatasetInfo
     device: torch.device
     amp_dtype: torch.dtype | None
@@ -41,6 +43,20 @@ class Plan:
     claimed: bool = False  # run_dir has been created and claimed by this process
     created_config: dict[str, Any] | None = None  # a resumed run's config at creation (checkpoints carry it)
     superseded: list[Path] = field(default_factory=list)  # newer states an --start-epoch --force run moves aside
+    val: DatasetInfo | None = None  # an autoencoder's validation images
+    codec: LatentCodec | None = None  # latent diffusion: the frozen autoencoder
+
+    @property
+    def kind(self) -> str:
+        """"dm" or "vae": which trainer runs the plan."""
+        return schema_of(self.config).kind
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of what the diffusion model generates: images, or latents in latent diffusion."""
+        if self.codec is not None:
+            return self.codec.latent_shape(self.image_size)
+        return (self.data.channels, *self.image_size)
 
     def claim(self, launch_id: str = "") -> Path:
         """Create the run directory and make it this run's (a name taken meanwhile moves it to NAME-N)."""
@@ -54,6 +70,12 @@ class Plan:
         path = Path(self.config.train.pretrain_path).expanduser()
         ckpt, converted = load_any(path)  # an IDDM 1.x checkpoint is converted in memory
         self.notes += [converted] if converted else []
+        kind = ckpt.get("kind", "dm")
+        if kind != self.kind:
+            what = {"dm": "a diffusion-model", "vae": "an autoencoder"}
+            raise ConfigError(f"train.pretrain_path: {path} is {what.get(kind, kind)} checkpoint, and this run trains "
+                              f"{what[self.kind].removeprefix('a ').removeprefix('an ')}: give a checkpoint of the "
+                              "same kind")
         act = ckpt["network"]["kwargs"].get("act")
         if ckpt["network"]["name"] == self.network["name"] and act and act != self.config.model.act:
             raise ConfigError(f"train.pretrain_path: {path} was trained with act {act!r} and this run has "
@@ -76,12 +98,30 @@ class Plan:
         c = self.config
         amp = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}
         h, w = self.image_size
+        if self.kind == "vae":
+            lc, lh, lw = c.model.latent_channels, h // c.model.downsample, w // c.model.downsample
+            task = [
+                f"data:      {self.data.summary()}; validation: {self.val.summary() if self.val else '-'}",
+                f"model:     {self.network['name']} base {c.model.base_channels}, act {c.model.act}, "
+                f"{count_parameters(self.model):,} parameters, {self.data.channels}x{h}x{w} -> latent {lc}x{lh}x{lw}",
+                f"loss:      MSE + {c.optim.kl_weight:g} x KL per element; validation PSNR/SSIM every epoch",
+            ]
+        else:
+            c_, sh, sw = self.sample_shape
+            task = [
+                f"data:      {self.data.summary()}",
+                f"model:     {self.network['name']} base {c.model.base_channels}, act {c.model.act}, "
+                f"{count_parameters(self.model):,} parameters, {c_}x{sh}x{sw}",
+                f"diffusion: T={c.diffusion.noise_steps}, {c.diffusion.noise_schedule} schedule, epsilon prediction, "
+                f"{c.optim.loss} loss",
+            ]
+            if self.codec is not None:
+                r = self.codec.record
+                task.append(f"latent:    {self.data.channels}x{h}x{w} images <-> {c_}x{sh}x{sw} latents of "
+                            f"{r['path']} (sha256 {r['sha256'][:12]}), "
+                            + ("cached once" if c.model.cache_latents else "encoded every step"))
         return [
-            f"data:      {self.data.summary()}",
-            f"model:     {self.network['name']} base {c.model.base_channels}, act {c.model.act}, "
-            f"{count_parameters(self.model):,} parameters, {self.data.channels}x{h}x{w}",
-            f"diffusion: T={c.diffusion.noise_steps}, {c.diffusion.noise_schedule} schedule, epsilon prediction, "
-            f"{c.optim.loss} loss",
+            *task,
             f"optimizer: {c.optim.optim} lr {c.optim.lr:g} ({c.optim.lr_func}), clip {c.optim.max_grad_norm:g}, "
             f"EMA {c.optim.ema_decay:g}",
             f"device:    {self.device} ({amp[self.amp_dtype]})" if self.world_size == 1 else
@@ -115,22 +155,31 @@ def select_amp(device: torch.device, enabled: bool) -> tuple[torch.dtype | None,
     return None, False, "this CPU has no bf16 support: --amp is ignored and training stays in fp32"
 
 
-def plan_training(config: Config, run_dir: Path | None = None, world: World | None = None,
+def plan_training(config: Any, run_dir: Path | None = None, world: World | None = None,
                   data: DatasetInfo | None = None, classes: list[str] | None = None,
-                  network: dict[str, Any] | None = None) -> Plan:
+                  network: dict[str, Any] | None = None, val: DatasetInfo | None = None,
+                  codec: LatentCodec | None = None) -> Plan:
     """Validate data, device and output folder, and build the model. Writes nothing. ``run_dir``: an existing
     run to continue (a new one is planned otherwise). ``world``: this process's place in a launched process group.
-    ``data``: a scan made already (by iddm's launcher, or rank 0's for the other ranks, so that every rank indexes
-    the same files), used instead of scanning again. ``classes``: a resumed run's class names, which the scan
-    keeps to. ``network``: a stored ``{"name", "kwargs"}`` (the resumed checkpoint's, or rank 0's plan) whose way of
-    computing the model keeps (``time_embedding``, ``up_block``); new runs compute as IDDM does. Only a process that
-    writes (not a rank other than 0) checks the output folder."""
+    ``data`` (and an autoencoder's ``val``): a scan made already (by iddm's launcher, or rank 0's for the other
+    ranks, so that every rank indexes the same files), used instead of scanning again. ``classes``: a resumed run's
+    class names, which the scan keeps to. ``network``: a stored ``{"name", "kwargs"}`` (the resumed checkpoint's, or
+    rank 0's plan) whose way of computing the model keeps (``time_embedding``, ``up_block``); new runs compute as
+    IDDM does. ``codec``: latent diffusion's autoencoder, loaded already (rank 0's, for the other ranks). Only a
+    process that writes (not a rank other than 0) checks the output folder."""
     layout = plan_layout(config, world)
     world_size = world.size if world is not None and world.launched else layout.nproc
     device = layout.device(world)
-    if data is None:
+    vae = schema_of(config) is VAE
+    if data is None and vae:
+        data = scan_dataset(config.data.train_dataset_path, False, 0, config.data.strict_data, classes,
+                            key="data.train_dataset_path")
+    elif data is None:
         data = scan_dataset(config.data.dataset_path, config.data.conditional, config.data.num_classes,
                             config.data.strict_data, classes)
+    if vae and val is None:
+        val = scan_dataset(config.data.val_dataset_path, False, 0, config.data.strict_data, [],
+                           key="data.val_dataset_path")
     dir_note, new_run = None, run_dir is None
     if run_dir is None:
         run_dir, dir_note = plan_run_dir(config.train.result_path, config.train.run_name)
@@ -139,22 +188,60 @@ def plan_training(config: Config, run_dir: Path | None = None, world: World | No
         if problem:
             raise ConfigError(f"train.result_path: cannot create {run_dir}: {problem}")
     amp_dtype, use_scaler, amp_note = select_amp(device, config.optim.amp)
-    kwargs = {"in_channels": data.channels, "out_channels": data.channels,
-              "base_channels": config.model.base_channels, "num_classes": len(data.class_names),
-              "act": config.model.act, "time_embedding": "iddm",
-              **({"up_block": "csp"} if config.model.network == "cspdarkunet" else {}),  # stored, as the others
-              **(flavor_of(network, config.model.network) if network is not None else {})}
+    h, w = image_hw(config)
+    notes_codec = None
+    if vae:
+        if val is not None and val.channels != data.channels:
+            raise DataError(f"{val.root} is {'gray' if val.channels == 1 else 'colour'} and {data.root} is not: "
+                            "validation images must have the training images' channels")
+        kwargs = {"in_channels": data.channels, "latent_channels": config.model.latent_channels,
+                  "base_channels": config.model.base_channels, "downsample": config.model.downsample,
+                  "act": config.model.act}
+    else:
+        if config.model.latent and codec is None:
+            codec = load_autoencoder(config.model.autoencoder_ckpt)
+        channels = data.channels
+        if codec is not None:
+            channels = _check_codec(config, codec, data, (h, w))
+            if list(codec.record["image_size"]) != [h, w]:
+                notes_codec = (f"note: the autoencoder was trained on {'x'.join(map(str, codec.record['image_size']))}"
+                               f" images and this run's are {h}x{w}")
+        kwargs = {"in_channels": channels, "out_channels": channels,
+                  "base_channels": config.model.base_channels, "num_classes": len(data.class_names),
+                  "act": config.model.act, "time_embedding": "iddm",
+                  **({"up_block": "csp"} if config.model.network == "cspdarkunet" else {}),  # stored, as the others
+                  **(flavor_of(network, config.model.network) if network is not None else {})}
     torch.manual_seed(config.train.seed)  # the initial weights depend on the seed alone
     model = build_network(config.model.network, **kwargs)
     if world is None or world.is_main:
         # a new run needs room for its first checkpoint and the next one beside it; a resumed run for one more
         check_free_space(run_dir, checkpoint_bytes(model) * (2 if new_run else 1))
     steps_per_epoch = math.ceil(math.ceil(len(data.samples) / world_size) / config.data.batch_size)
-    notes = [n for n in (amp_note, dir_note, *layout.notes, *data.notes) if n]
-    h, w = image_hw(config)
+    notes = [n for n in (amp_note, dir_note, notes_codec, *layout.notes, *data.notes, *(val.notes if val else []))
+             if n]
     if data.size_stats[1] and data.size_stats[1] < min(h, w):
         notes.append(f"note: half the images are smaller than {min(h, w)} px (median {data.size_stats[1]} px) "
                      "and will be upscaled")
     return Plan(config, data, device, amp_dtype, use_scaler, (h, w),
                 {"name": config.model.network, "kwargs": kwargs}, model, steps_per_epoch, run_dir, layout,
-                world_size, notes)
+                world_size, notes, val=val, codec=codec)
+
+
+def _check_codec(config: Config, codec: LatentCodec, data: DatasetInfo, size: tuple[int, int]) -> int:
+    """The latent diffusion's rules, known once the autoencoder is loaded; returns the latent channels."""
+    path = codec.record["path"]
+    if config.model.autoencoder_network != codec.record["network"]["name"]:
+        raise ConfigError(f"model.autoencoder_network: {config.model.autoencoder_network!r}, but {path} is a "
+                          f"{codec.record['network']['name']!r} autoencoder")
+    if codec.channels != data.channels:
+        kinds = {1: "gray", 3: "colour"}
+        raise DataError(f"{path} encodes {kinds[codec.channels]} images and {data.root} holds "
+                        f"{kinds[data.channels]} ones: train the autoencoder on images like these")
+    h, w = size
+    f, divisor = codec.downsample, NETWORKS[config.model.network].size_divisor
+    if h % (f * divisor) or w % (f * divisor):
+        step = f * divisor
+        raise ConfigError(f"data.image_size: {h}x{w} images give {h // f}x{w // f} latents with this autoencoder "
+                          f"(down-sampling {f}), which the {config.model.network} network needs divisible by "
+                          f"{divisor}: use an image size divisible by {step} (try {max(step, round(h / step) * step)})")
+    return codec.latent_channels

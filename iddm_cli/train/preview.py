@@ -16,9 +16,10 @@ PREVIEW_BATCH = 64
 
 
 def sharded_sample(model: nn.Module, diffusion: Diffusion, noise: torch.Tensor, labels: torch.Tensor | None,
-                   world: World, *, steps: int, cfg_scale: float) -> torch.Tensor | None:
+                   world: World, *, steps: int, cfg_scale: float, clip: float | None = 1.0) -> torch.Tensor | None:
     """Deterministic DDIM samples from ``noise`` (N, C, H, W). Under DDP each rank samples a contiguous share and
-    rank 0 gathers them, so no rank waits long for another; returns the images on rank 0, None elsewhere."""
+    rank 0 gathers them, so no rank waits long for another; returns the images on rank 0, None elsewhere.
+    ``clip``: the data range (None for latents)."""
     n = noise.shape[0]
     share = math.ceil(n / world.size)
     lo, hi = world.rank * share, min(n, (world.rank + 1) * share)
@@ -27,7 +28,7 @@ def sharded_sample(model: nn.Module, diffusion: Diffusion, noise: torch.Tensor, 
         j = min(hi, i + PREVIEW_BATCH)
         y = labels[i:j] if labels is not None else None
         mine[i - lo:j - lo] = sample(model, diffusion, noise[i:j], y, sampler="ddim", steps=steps,
-                                     cfg_scale=cfg_scale)
+                                     cfg_scale=cfg_scale, clip=clip)
     if not world.launched:
         return mine[:n]
     gathered = dist.all_gather_tensor(mine, world)

@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from iddm_cli.config import FIELDS, Config, config_from_dict
+from iddm_cli.config import Config, config_from_dict
 from iddm_cli.config.loader import coerce
+from iddm_cli.config.schema import schema_of
 from iddm_cli.core.checkpoint import load_checkpoint, numbered_checkpoints
 from iddm_cli.core.devices import World
 from iddm_cli.core.rundir import RunLock
@@ -26,9 +27,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-# Settings that may change on resume (marked resumable in the schema): none alters the model, the data or the
-# optimisation.
-RESUME_OVERRIDES = tuple(name for name, spec in FIELDS.items() if spec.resumable)
+# Settings marked resumable in the schema may change on resume: none alters the model, the data or the optimisation.
 IGNORED_ON_RESUME = ("resume", "start_epoch", "run_name", "result_path", "pretrain", "pretrain_path")
 
 
@@ -78,7 +77,8 @@ def plan_resume(run_dir: str | Path, overrides: dict[str, Any], start_epoch: int
         state_is = f"is the state after {done} epochs" + (f" and {position} batches" if position else "")
         raise ConfigError(f"{path} {state_is}, and the run has train.epochs = {config.train.epochs}: nothing is "
                           f"left to train; extend it with --epochs {done + 10}, for example")
-    plan = plan_training(config, run, world, data, classes=state["data"]["class_names"], network=state["network"])
+    plan = plan_training(config, run, world, data, classes=state["data"]["class_names"], network=state["network"],
+                         codec=_stored_codec(config, state))
     plan.created_config, plan.superseded = created, newer
     if changed:  # part of the plan, so train.log records them (config.toml stays the creation record)
         plan.notes.append(f"changed on resume: {', '.join(changed)}")
@@ -102,8 +102,12 @@ def _check_record(toml: Path, path: Path, state: dict[str, Any]) -> dict[str, An
                           "was created: restore it from a backup, or copy the settings from `iddm resume --dry-run` "
                           "of a copy of the run") from None
     created = state.get("created_config")
+    if schema_of(recorded) is not schema_of(config_from_dict(state["config"], str(path))):
+        raise ConfigError(f"{toml} is for `{schema_of(recorded).command}` and {path} was written by "
+                          f"`{schema_of(config_from_dict(state['config'], str(path))).command}`: the run directory "
+                          "is mixed up; restore its config.toml")
     reference = config_from_dict(created or state["config"], f"{path} (the config saved in it)")
-    keys = [spec for name, spec in FIELDS.items() if created or not spec.resumable]
+    keys = [spec for name, spec in schema_of(reference).fields.items() if created or not spec.resumable]
     differ = [f"{spec.dotted} ({_value(reference, spec)!r} in {path.name}, {_value(recorded, spec)!r} in config.toml)"
               for spec in keys if _value(reference, spec) != _value(recorded, spec)]
     if differ:
@@ -134,10 +138,14 @@ def _newer_states(run: Path, chosen: Path, state: dict[str, Any]) -> list[Path]:
 def _apply_overrides(config: Config, overrides: dict[str, Any], run: Path) -> list[str]:
     """Apply the flags given with a resume; returns one line per setting changed (train.log records them)."""
     errors, changed = [], []
+    schema = schema_of(config)
     for name, raw in overrides.items():
         if raw is None or name in IGNORED_ON_RESUME:
             continue
-        spec = FIELDS[name]
+        spec = schema.fields.get(name)
+        if spec is None:  # a flag of the other trainer's command (iddm resume accepts both)
+            errors.append(f"--{name.replace('_', '-')}: not a setting of a `{schema.command}` run")
+            continue
         value, expected = coerce(spec, raw)
         if expected is not None:
             errors.append(f"{spec.flag}: {spec.dotted} = {raw!r}: expected {expected}")
@@ -145,7 +153,7 @@ def _apply_overrides(config: Config, overrides: dict[str, Any], run: Path) -> li
         section = getattr(config, spec.section)
         if value == getattr(section, name):
             continue
-        if name not in RESUME_OVERRIDES:
+        if not spec.resumable:
             errors.append(f"{spec.flag}: {spec.dotted} cannot change when resuming ({getattr(section, name)!r} -> "
                           f"{value!r}): it would change the model, the data or the training computation. Start a new "
                           f"run instead (--pretrain --pretrain-path {run / 'ckpt_last.pt'} keeps the weights)")
@@ -155,3 +163,15 @@ def _apply_overrides(config: Config, overrides: dict[str, Any], run: Path) -> li
     if errors:
         raise ConfigError(*errors)
     return changed
+
+
+def _stored_codec(config: Any, state: dict[str, Any]) -> Any:
+    """A resumed latent run's autoencoder: the file its checkpoint recorded, verified by its hash."""
+    latent = state.get("latent")
+    if latent is None or schema_of(config).kind != "dm":
+        return None
+    from iddm_cli.core.latent import load_autoencoder
+
+    record = latent["autoencoder"]
+    return load_autoencoder(record["path"], "the run's autoencoder", expect_sha256=record["sha256"],
+                            hint="restore that file: a latent run continues with the autoencoder it started with")

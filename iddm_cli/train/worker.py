@@ -22,6 +22,7 @@ from iddm_cli.config import FIELDS, Config, config_from_dict
 from iddm_cli.config.loader import coerce
 from iddm_cli.config.schema import DeviceConfig
 from iddm_cli.core.devices import World, plan_layout, world_from_env
+from iddm_cli.core.latent import codec_from_record
 from iddm_cli.core.reporting import Reporter, SilentReporter, build_reporter
 from iddm_cli.core.rundir import find_launch_run
 from iddm_cli.errors import ConfigError, ExitCode, IddmError, exit_code_for_signal, first_line
@@ -135,7 +136,8 @@ def run_worker(job: Job, world: World, reporter: Reporter) -> TrainResult | None
             if not os.environ.get("IDDM_LAUNCHED"):  # iddm's launcher printed them already
                 for line in notes:
                     reporter.info(line)
-            shared = (plan.config.to_dict(), plan.data, str(plan.run_dir), state, plan.network)
+            codec = (plan.codec.record, plan.codec.model.state_dict()) if plan.codec is not None else None
+            shared = (plan.config.to_dict(), plan.data, str(plan.run_dir), state, plan.network, plan.val, codec)
         except BaseException as err:  # the other ranks wait for the plan: tell them, then fail
             problems = err.problems if isinstance(err, IddmError) else [f"rank 0 failed: {type(err).__name__}"]
             dist.broadcast_object(("failed", list(problems)), world)
@@ -144,9 +146,10 @@ def run_worker(job: Job, world: World, reporter: Reporter) -> TrainResult | None
     if not world.is_main:
         if shared[0] == "failed":
             raise FailedOnRankZero(*shared[1], all_ranks=True)
-        config_dict, data, run_dir, state, network = shared
+        config_dict, data, run_dir, state, network, val, codec = shared
         plan = plan_training(config_from_dict(config_dict, "rank 0's configuration"), Path(run_dir), world, data,
-                             network=network)  # computes as rank 0's model (a pretrained or resumed one's way)
+                             network=network, val=val,  # computes as rank 0's model (a pretrained or resumed one's)
+                             codec=codec_from_record(*codec) if codec is not None else None)
         reporter = SilentReporter()
     try:
         result = train(plan, reporter, job.provenance, state, world)

@@ -1,0 +1,255 @@
+"""What a training run learns, beside how the engine runs it: the diffusion model (in pixel or latent space) and the
+autoencoder. A task gives the engine its dataset, the loss of one batch, its entries of the checkpoint, and what
+happens at an epoch's end (previews; validation and the best checkpoint). The engine (:mod:`iddm_cli.train.engine`)
+owns everything else: the step, the optimizer, the data order, DDP, signals, checkpoints and the run directory.
+
+Every random draw of a step comes from the step's generator ``g`` (seed, rank, step), so tasks keep runs exact.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from iddm_cli.core import checkpoint as ckpt
+from iddm_cli.core.images import save_grid
+from iddm_cli.data.folder import ImageFolderDataset, collate
+from iddm_cli.diffusion.schedule import Diffusion
+from iddm_cli.metrics.image import psnr, ssim
+from iddm_cli.nets.autoencoder import vae_loss
+from iddm_cli.train import distributed as dist
+from iddm_cli.train.objectives import LOSSES
+from iddm_cli.train.preview import sharded_sample
+
+if TYPE_CHECKING:
+    from iddm_cli.train.engine import Session
+
+ENCODE_BATCH = 64
+SCALE_IMAGES = 512  # images the latent scale is measured on when latents are not cached
+
+
+class DiffusionTask:
+    """Epsilon prediction (Ho et al. 2020) on images in [-1, 1], or on the scaled latents of a frozen autoencoder.
+
+    Latent diffusion (Rombach et al. 2022): the encoder runs without gradients; each step draws a latent from the
+    posterior N(mean, std^2) and multiplies it by ``scale``, measured at the start of the run on the training data
+    so that the scaled latents have unit variance (instead of one constant for every autoencoder), and stored."""
+
+    def __init__(self, session: Session, state: dict[str, Any] | None):
+        self.s = session
+        plan, c = session.plan, session.c
+        self.diffusion = Diffusion(c.diffusion.noise_schedule, c.diffusion.noise_steps)
+        self.loss_fn = LOSSES[c.optim.loss]()
+        self.codec = plan.codec.to(session.device) if plan.codec is not None else None
+        self.cache: tuple[torch.Tensor, torch.Tensor] | None = None  # posterior (mean, std) of every image
+        self.scale = 1.0
+        if self.codec is None:
+            return
+        if c.model.cache_latents:
+            self.cache = self._encode(len(plan.data.samples))
+        stored = (state or {}).get("latent", {}).get("scale")
+        self.scale = stored if stored is not None else self._measure_scale()
+        session.notes.append(f"latent scale {self.scale:.5g}" + (" (from the checkpoint)" if stored is not None else
+                                                                   " (measured: unit variance on the training data)"))
+
+    # data --------------------------------------------------------------------------------------------------
+    def dataset(self) -> Dataset:
+        plan, c = self.s.plan, self.s.c
+        if self.cache is not None:
+            return LatentDataset(*self.cache, [label for _, label in plan.data.samples])
+        return ImageFolderDataset(plan.data, c.data.augment, plan.image_size, c.data.strict_data, c.train.seed)
+
+    def _encode(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The posterior (mean, std) of the first ``n`` training images, resized without augmentation."""
+        plan, c = self.s.plan, self.s.c
+        images = ImageFolderDataset(plan.data, "resize", plan.image_size, c.data.strict_data, c.train.seed)
+        loader = DataLoader(torch.utils.data.Subset(images, range(n)), batch_size=ENCODE_BATCH, collate_fn=collate)
+        means, stds = [], []
+        for x, _, _ in loader:
+            mean, std = self.codec.encode(x.to(self.s.device))
+            means.append(mean.cpu())
+            stds.append(std.cpu())
+        return torch.cat(means), torch.cat(stds)
+
+    def _measure_scale(self) -> float:
+        """1 / std of posterior samples of the training latents (the cached ones, else the first SCALE_IMAGES
+        images); rank 0's value is every rank's."""
+        n = min(SCALE_IMAGES, len(self.s.plan.data.samples))
+        scale = latent_scale(*(self.cache if self.cache is not None else self._encode(n)), self.s.c.train.seed)
+        if self.s.world.launched:
+            scale = dist.broadcast_object(scale, self.s.world, "measuring the latent scale")
+        return scale
+
+    # one batch ---------------------------------------------------------------------------------------------
+    def loss(self, x0: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        s, c, device = self.s, self.s.c, self.s.device
+        x0 = x0.to(device, non_blocking=True)  # (B, C, H, W) images in [-1, 1], or cached (mean, std) pairs
+        if self.codec is not None:
+            x0 = self._latents(x0, g)  # (B, latent C, H/f, W/f), unit variance
+        b = x0.shape[0]
+        t = torch.randint(0, self.diffusion.T, (b,), device=device, generator=g)  # (B,)
+        noise = torch.randn(x0.shape, device=device, generator=g)
+        labels = None
+        if s.plan.data.conditional:  # per-sample dropout to the null class (classifier-free guidance)
+            labels = y.to(device, non_blocking=True)  # (B,)
+            drop = torch.rand(b, device=device, generator=g) < c.diffusion.cfg_dropout
+            labels = torch.where(drop, torch.full_like(labels, len(s.plan.data.class_names)), labels)
+        x_t = self.diffusion.q_sample(x0, t, noise)
+        with s.autocast():  # predict the noise (under DDP, s.net averages the gradients in backward)
+            pred = s.net(x_t, t, labels)
+        return self.loss_fn(pred.float(), noise)
+
+    def _latents(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        if self.cache is not None:
+            mean, std = x.chunk(2, dim=1)
+        else:
+            mean, std = self.codec.encode(x)
+        return (mean + std * torch.randn(mean.shape, device=mean.device, generator=g)) * self.scale
+
+    # checkpoints and previews -----------------------------------------------------------------------------
+    def payload(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"diffusion": self.diffusion.describe()}
+        if self.codec is not None:
+            out["latent"] = {"scale": self.scale, "autoencoder": self.codec.record,
+                             "shape": list(self.s.plan.sample_shape)}
+        return out
+
+    def before_save(self, done: int) -> dict[str, Any]:
+        return {}
+
+    def describe_epoch(self) -> str:
+        return ""
+
+    def after_save(self, done: int, last: Path) -> dict[str, Any]:
+        c = self.s.c
+        if not (c.vis.vis and (done % c.vis.vis_interval == 0 or done == c.train.epochs)):
+            return {}
+        path = self.preview(done)
+        return {"preview": str(path.relative_to(self.s.plan.run_dir))} if path is not None else {}
+
+    def preview(self, epochs_done: int) -> Path | None:
+        """A grid from the EMA weights, always from the same noise. Under DDP each rank samples its share of the
+        grid and rank 0 gathers and writes it, so no rank waits long for another. Returns the file on rank 0."""
+        s, c, data = self.s, self.s.c, self.s.plan.data
+        per = c.vis.num_vis if c.vis.num_vis > 0 else 8
+        labels = None
+        if data.conditional:
+            labels = torch.arange(len(data.class_names), device=s.device).repeat_interleave(per)
+        n = labels.numel() if labels is not None else per
+        g = torch.Generator().manual_seed(c.train.seed)  # the same noise every time: progress is comparable
+        noise = torch.randn(n, *s.plan.sample_shape, generator=g).to(s.device)
+        images = sharded_sample(s.ema.model, self.diffusion, noise, labels, s.world, steps=c.vis.vis_steps,
+                                cfg_scale=c.diffusion.cfg_scale, clip=None if self.codec else 1.0)
+        if images is None:
+            return None
+        if self.codec is not None:
+            images = torch.cat([self.codec.decode(z / self.scale) for z in images.split(ENCODE_BATCH)])
+        rows = len(data.class_names) if data.conditional else max(1, round(math.sqrt(n)))
+        path = s.plan.run_dir / "vis" / f"ema_{epochs_done:03d}.{c.vis.image_format}"
+        save_grid(images, path, rows, data.class_names or None, c.vis.image_format)
+        s.previews.append(path)
+        return path
+
+
+def latent_scale(mean: torch.Tensor, std: torch.Tensor, seed: int) -> float:
+    """The factor that gives posterior samples z = mean + std * noise unit variance: 1 / std(z), with the noise
+    drawn from ``seed``."""
+    z = mean + std * torch.randn(mean.shape, generator=torch.Generator().manual_seed(seed))
+    return float(1.0 / z.double().std())
+
+
+class LatentDataset(Dataset):
+    """Cached posteriors: item i is (mean and std stacked on the channel axis, label, [])."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, labels: list[int]):
+        self.pairs, self.labels = torch.cat([mean, std], dim=1), labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, list[str]]:
+        index = key[1] if isinstance(key, tuple) else key
+        return self.pairs[index], self.labels[index], []
+
+
+class AutoencoderTask:
+    """Reconstruction with a KL-regularised latent (IDDM's MSEKLLoss). Every epoch the validation images are
+    reconstructed from their posterior mean by the EMA weights: PSNR (peak 1 on [0, 1] images) and SSIM choose
+    ``ckpt_best.pt``, and a grid shows the first ``num_vis`` originals above their reconstructions."""
+
+    def __init__(self, session: Session, state: dict[str, Any] | None):
+        self.s = session
+        plan, c = session.plan, session.c
+        self.val = ImageFolderDataset(plan.val, "resize", plan.image_size, c.data.strict_data, c.train.seed)
+        validation = (state or {}).get("validation") or {}
+        self.best_psnr = validation.get("best_psnr", -math.inf)
+        self.best_epoch = validation.get("best_epoch", 0)
+        self.metrics: dict[str, float] = validation.get("last", {})
+        self.improved = False
+
+    def dataset(self) -> Dataset:
+        plan, c = self.s.plan, self.s.c
+        return ImageFolderDataset(plan.data, c.data.augment, plan.image_size, c.data.strict_data, c.train.seed)
+
+    def loss(self, x0: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        s = self.s
+        x0 = x0.to(s.device, non_blocking=True)  # (B, C, H, W) in [-1, 1]
+        with s.autocast():
+            recon, mean, logvar = s.net(x0, generator=g)
+        return vae_loss(recon.float(), x0, mean.float(), logvar.float(), s.c.optim.kl_weight)[0]
+
+    @torch.no_grad()
+    def before_save(self, done: int) -> dict[str, Any]:
+        """Validation, every rank on its share of the images (a collective under DDP), in evaluation mode."""
+        s = self.s
+        model = s.ema.model
+        indices = range(s.world.rank, len(self.val), s.world.size)
+        sums = torch.zeros(4, dtype=torch.float64, device=s.device)  # PSNR, SSIM, MSE, count
+        for lo in range(0, len(indices), ENCODE_BATCH):
+            x = torch.stack([self.val[i][0] for i in indices[lo:lo + ENCODE_BATCH]]).to(s.device)
+            recon = model(x, sample=False)[0].float().clamp(-1, 1)
+            a, b = (x + 1) / 2, (recon + 1) / 2
+            sums += torch.stack([psnr(a, b).clamp(max=100).sum(), ssim(a, b).sum(),
+                                 ((a - b) ** 2).flatten(1).mean(1).double().sum(),
+                                 torch.tensor(float(len(x)), dtype=torch.float64, device=s.device)])
+        if s.world.launched:
+            sums = dist.all_reduce_sum(sums, "validation")
+        total_psnr, total_ssim, total_mse, n = sums.tolist()
+        self.metrics = {"val_psnr": total_psnr / n, "val_ssim": total_ssim / n, "val_mse": total_mse / n}
+        self.improved = self.metrics["val_psnr"] > self.best_psnr
+        if self.improved:
+            self.best_psnr, self.best_epoch = self.metrics["val_psnr"], done
+        return {**self.metrics, "best": self.improved}
+
+    def payload(self) -> dict[str, Any]:
+        c = self.s.c
+        return {"autoencoder": {"latent_channels": c.model.latent_channels, "downsample": c.model.downsample,
+                                "kl_weight": c.optim.kl_weight},
+                "validation": {"best_psnr": self.best_psnr, "best_epoch": self.best_epoch, "last": self.metrics}}
+
+    @torch.no_grad()
+    def after_save(self, done: int, last: Path) -> dict[str, Any]:
+        s, c = self.s, self.s.c
+        if not s.world.is_main:
+            return {}
+        if self.improved:
+            ckpt.copy_checkpoint(last, s.plan.run_dir / "ckpt_best.pt")
+        n = min(c.vis.num_vis, len(self.val))
+        x = torch.stack([self.val[i][0] for i in range(n)]).to(s.device)
+        recon = s.ema.model(x, sample=False)[0].float().clamp(-1, 1)
+        path = s.plan.run_dir / "vis" / f"recon_{done:03d}.{c.vis.image_format}"
+        save_grid(torch.cat([x, recon]), path, 2, ["original", "recon"], c.vis.image_format)
+        s.previews.append(path)
+        return {"reconstructions": str(path.relative_to(s.plan.run_dir))}
+
+    def describe_epoch(self) -> str:
+        m = self.metrics
+        best = " (best)" if self.improved else f" (best {self.best_psnr:.2f} dB at epoch {self.best_epoch})"
+        return f", val PSNR {m['val_psnr']:.2f} dB, SSIM {m['val_ssim']:.4f}{best}"
+
+
+TASKS = {"dm": DiffusionTask, "vae": AutoencoderTask}
