@@ -47,4 +47,7 @@ run python benchmarks/train_throughput.py --image-size 64 --batch-size 32 --step
   --precisions amp
 run python benchmarks/train_throughput.py --image-size 64 --batch-size 32 --steps 20 --warmup 5 --compile \
   --channels-last --precisions amp
+
+step "latent diffusion: autoencoder, pixel and latent diffusion images/s at 64 and 128 px, batch 32"
+run python benchmarks/latent_throughput.py --batch-size 32 --steps 10
 exit $failed

@@ -47,9 +47,10 @@ def _unset_placeholders(values: dict[str, Any], notes: list[str]) -> None:
 
 
 class DMTrainer:
-    """Train a pixel-space diffusion model. ``args`` is an argparse Namespace or a dict of IDDM flag names (IDDM's
-    own, from its ``init_train_args()``, works: placeholder paths count as unset); keyword arguments override it.
-    Unknown names raise ConfigError with a suggestion."""
+    """Train a diffusion model (in pixel space, or in latent space with ``latent`` and ``autoencoder_ckpt``).
+    ``args`` is an argparse Namespace or a dict of IDDM flag names (IDDM's own, from its ``init_train_args()``,
+    works: placeholder paths count as unset); keyword arguments override it. Unknown names raise ConfigError with a
+    suggestion."""
 
     def __init__(self, args: argparse.Namespace | Mapping[str, Any] | None = None, *, profile: str | None = None,
                  sets: list[str] | None = None, reporter: Reporter | None = None, **kwargs: Any):

@@ -67,7 +67,7 @@ def select_device(spec: str, use_gpu: int | None = None) -> tuple[torch.device, 
     return torch.device("cuda", index or 0), None
 
 
-def _labels(req: SampleRequest, meta: dict[str, Any]) -> list[int] | None:
+def selected_classes(req: SampleRequest, meta: dict[str, Any]) -> list[int] | None:
     """The selected class ids (each repeated ``num`` times later); None for an unconditional model."""
     names: list[str] = meta["class_names"]
     if not meta["conditional"]:
@@ -137,53 +137,87 @@ def check_iddm_flags(req: SampleRequest, ckpt: dict[str, Any]) -> None:
         raise ConfigError(*problems)
 
 
-def generate(req: SampleRequest, progress: Callable[[int, int], None] | None = None) -> SampleResult:
-    """Run a request end to end; ``progress(done, total)`` counts network evaluations."""
-    if not (req.checkpoint or req.weight_path):
-        raise ConfigError("give a checkpoint: iddm sample RUN_DIR or iddm sample path/to/ckpt_last.pt")
-    path = resolve_checkpoint(req.checkpoint or req.weight_path)  # IDDM's --weight-path names it too
-    ckpt, converted = load_any(path)  # an IDDM 1.x checkpoint is converted in memory
-    if ckpt.get("kind", "dm") != "dm":
-        raise ConfigError(f"{path} is an autoencoder checkpoint: iddm sample draws from diffusion-model checkpoints "
-                          "(its reconstructions are in the run's vis/ folder)")
-    if req.autoencoder_ckpt is not None and "latent" not in ckpt:
-        raise ConfigError("--autoencoder-ckpt: this checkpoint is a pixel-space model; it needs no autoencoder")
-    sampler, steps, cfg_scale = check_request(req, ckpt)
-    meta = ckpt["data"]
-    ids = _labels(req, meta)
-    device, device_note = select_device(req.device, req.use_gpu)
-    codec, codec_note = _codec(req, ckpt, device)
-    out_dir = output_dir(req, path, sampler, steps)  # checked before any sampling
+@dataclass
+class Loaded:
+    """A diffusion checkpoint ready to sample: the network on its device, its schedule and, for a latent model, the
+    autoencoder that decodes."""
 
+    ckpt: dict[str, Any]
+    model: torch.nn.Module
+    diffusion: Diffusion
+    codec: LatentCodec | None
+    weights: str  # "ema" or "model"
+    notes: list[str] = field(default_factory=list)
+
+
+def load_for_sampling(ckpt: dict[str, Any], req: SampleRequest, device: torch.device) -> Loaded:
+    """The network (EMA weights unless ``req.ema`` is off), the schedule and the verified autoencoder."""
+    codec, codec_note = _codec(req, ckpt, device)
     weights = "ema" if req.ema and ckpt.get("ema") else "model"
     model = build_stored(ckpt["network"])
     model.load_state_dict(strip_prefix(ckpt[weights]))
     model.to(device).eval()
     diffusion = Diffusion(ckpt["diffusion"]["name"], ckpt["diffusion"]["noise_steps"])
+    return Loaded(ckpt, model, diffusion, codec, weights, [codec_note] if codec_note else [])
+
+
+def draw(loaded: Loaded, labels: list[int] | None, n: int, *, sampler: str, steps: int, cfg_scale: float,
+         eta: float | None, seed: int, batch_size: int, device: torch.device,
+         progress: Callable[[int, int], None] | None = None, first: int = 0) -> torch.Tensor:
+    """``n`` images in [-1, 1] on the CPU, (N, C, H, W); image k has its own generator from (seed, first + k), so a
+    seed gives the same images whatever the batch size (and a shard starting at ``first`` the same as the whole)."""
+    ckpt, codec = loaded.ckpt, loaded.codec
+    shape = ckpt["latent"]["shape"] if codec is not None else [ckpt["data"]["channels"], *ckpt["data"]["image_size"]]
+    gens = [torch.Generator().manual_seed((seed * 1_000_003 + first + k) % 2**63) for k in range(n)]
+    noise = torch.stack([torch.randn(*shape, generator=g) for g in gens])  # (N, C, H, W): images or latents
+    nfe = SAMPLERS[sampler].nfe(len(timesteps(loaded.diffusion, steps)))
+    counted = _CountingModel(loaded.model, math.ceil(n / batch_size) * nfe, progress)
+    images = []
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        y = torch.tensor(labels[start:stop], device=device) if labels is not None else None
+        x = sample(counted, loaded.diffusion, noise[start:stop].to(device), y, sampler=sampler, steps=steps,
+                   cfg_scale=cfg_scale if y is not None else 1.0, eta=eta, generators=gens[start:stop],
+                   clip=ckpt["latent"]["clip"] if codec is not None else 1.0)
+        if codec is not None:  # latents, scaled to unit variance in training, decode to images
+            x = codec.decode(x / ckpt["latent"]["scale"])
+        images.append(x.cpu())
+    return torch.cat(images)
+
+
+def generate(req: SampleRequest, progress: Callable[[int, int], None] | None = None) -> SampleResult:
+    """Run a request end to end; ``progress(done, total)`` counts network evaluations."""
+    if not (req.checkpoint or req.weight_path):
+        raise ConfigError("give a checkpoint: iddm sample RUN_DIR or iddm sample path/to/ckpt_last.pt")
+    path = resolve_checkpoint(req.checkpoint or req.weight_path)  # IDDM's --weight-path names it too
+    ckpt, converted = load_diffusion_checkpoint(path, req)
+    sampler, steps, cfg_scale = check_request(req, ckpt)
+    ids = selected_classes(req, ckpt["data"])
+    device, device_note = select_device(req.device, req.use_gpu)
+    loaded = load_for_sampling(ckpt, req, device)
+    out_dir = output_dir(req, path, sampler, steps)  # checked before any sampling
 
     per_class = 1 if "-1" in req.class_name else req.num  # IDDM's -1: one image of every class
     labels = [i for i in ids for _ in range(per_class)] if ids is not None else None
     n = len(labels) if labels is not None else req.num
-    shape = ckpt["latent"]["shape"] if codec is not None else [meta["channels"], *meta["image_size"]]
-    gens = [torch.Generator().manual_seed((req.seed * 1_000_003 + k) % 2**63) for k in range(n)]
-    noise = torch.stack([torch.randn(*shape, generator=g) for g in gens])  # (N, C, H, W): images or latents
-
-    nfe = SAMPLERS[sampler].nfe(len(timesteps(diffusion, steps)))
-    counted = _CountingModel(model, math.ceil(n / req.batch_size) * nfe, progress)
-    images = []
-    for start in range(0, n, req.batch_size):
-        stop = min(start + req.batch_size, n)
-        y = torch.tensor(labels[start:stop], device=device) if labels is not None else None
-        x = sample(counted, diffusion, noise[start:stop].to(device), y, sampler=sampler, steps=steps,
-                   cfg_scale=cfg_scale if y is not None else 1.0, eta=req.eta, generators=gens[start:stop],
-                   clip=None if codec is not None else 1.0)
-        if codec is not None:  # latents, scaled to unit variance in training, decode to images
-            x = codec.decode(x / ckpt["latent"]["scale"])
-        images.append(x.cpu())
-    images_t = torch.cat(images)
-    result = _write(req, ckpt, path, out_dir, images_t, labels, sampler, steps, cfg_scale, weights)
-    result.notes += [n for n in (converted, device_note, codec_note) if n]
+    images = draw(loaded, labels, n, sampler=sampler, steps=steps, cfg_scale=cfg_scale, eta=req.eta, seed=req.seed,
+                  batch_size=req.batch_size, device=device, progress=progress)
+    result = _write(req, ckpt, path, out_dir, images, labels, sampler, steps, cfg_scale, loaded.weights)
+    result.notes += [n for n in (converted, device_note, *loaded.notes) if n]
     return result
+
+
+def load_diffusion_checkpoint(path: Path, req: SampleRequest) -> tuple[dict[str, Any], str | None]:
+    """(checkpoint, note): a diffusion-model checkpoint (an IDDM 1.x one converted in memory); an autoencoder's, or
+    --autoencoder-ckpt for a pixel-space model, is refused."""
+    ckpt, converted = load_any(path)
+    if ckpt.get("kind", "dm") != "dm":
+        raise ConfigError(f"{path} is an autoencoder checkpoint: iddm sample draws from diffusion-model checkpoints "
+                          "(its reconstructions are in the run's vis/ folder)")
+    if "latent" not in ckpt and (req.autoencoder_ckpt is not None or not req.verify):
+        flag = "--autoencoder-ckpt" if req.autoencoder_ckpt is not None else "--no-verify"
+        raise ConfigError(f"{flag}: this checkpoint is a pixel-space model; it has no autoencoder")
+    return ckpt, converted
 
 
 def _codec(req: SampleRequest, ckpt: dict[str, Any], device: torch.device) -> tuple[LatentCodec | None, str | None]:

@@ -132,13 +132,15 @@ def test_latent_scale_gives_unit_variance_on_the_cached_latents(invoke, tmp_path
     result = invoke("dm", "train", "--dataset-path", data, *TINY_LATENT, "--autoencoder-ckpt", autoencoder,
                     "--cache-latents", "--seed", "3", "--result-path", tmp_path, "--run-name", "cached")
     assert result.exit_code == 0, result.output
-    scale = load_checkpoint(tmp_path / "cached" / "ckpt_last.pt")["latent"]["scale"]
+    latent = load_checkpoint(tmp_path / "cached" / "ckpt_last.pt")["latent"]
+    scale = latent["scale"]
     codec = load_autoencoder(autoencoder)
     images = ImageFolderDataset(scan_dataset(str(data), False), "resize", (32, 32))
     mean, std = codec.encode(torch.stack([images[i][0] for i in range(len(images))]))
     z = (mean + std * torch.randn(mean.shape, generator=torch.Generator().manual_seed(3))) * scale
     assert abs(float(z.double().std()) - 1.0) < 1e-5
-    assert abs(scale - latent_scale(mean, std, 3)) < 1e-6 * scale
+    assert abs(scale - latent_scale(mean, std, 3)[0]) < 1e-6 * scale
+    assert abs(latent["clip"] - float(z.abs().max())) < 1e-5  # the range samplers clip latents to
     assert abs(scale - 1.0) > 1e-3  # a real measurement, not the identity
 
 
@@ -214,3 +216,48 @@ def test_two_cpu_processes_train_a_vae_epoch(tmp_path):
     (epoch,) = records(tmp_path / "ddp")
     assert epoch["val_psnr"] > 0 and (tmp_path / "ddp" / "ckpt_best.pt").is_file()
     assert load_checkpoint(tmp_path / "ddp" / "ckpt_last.pt")["progress"]["world_size"] == 2
+
+
+@pytest.mark.parametrize("cache", [False, True], ids=["encoded-each-step", "cached"])
+def test_an_interrupted_latent_run_resumes_bit_exactly(tmp_path, autoencoder, cache):
+    data = make_dataset(tmp_path / "d", ["a", "b"], per_class=6, mode="L", size=16)
+    flags = {"dataset_path": str(data), "latent": True, "autoencoder_ckpt": str(autoencoder), "cache_latents": cache,
+             "image_size": 32, "base_channels": 4, "noise_steps": 20, "epochs": 2, "batch_size": 4,
+             "augment": "resize", "log_every": 1, "result_path": str(tmp_path)}
+    whole = train(plan_training(resolve(flags={**flags, "run_name": "whole"}).config), SilentReporter())
+    with pytest.raises(Interrupted):
+            train(plan_training(resolve(flags={**flags, "run_name": "cut"}).config), InterruptAt(1, 1))
+    moved = tmp_path / "moved.pt"  # the autoencoder moved meanwhile: resume takes it by its SHA-256
+    shutil.copy(autoencoder / "ckpt_best.pt", moved)
+    plan, state, _ = plan_resume(tmp_path / "cut", {"autoencoder_ckpt": str(moved)})
+    train(plan, SilentReporter(), state=state)
+    a, b = load_checkpoint(whole.checkpoint), load_checkpoint(tmp_path / "cut" / "ckpt_last.pt")
+    assert (a["latent"]["scale"], a["latent"]["clip"]) == (b["latent"]["scale"], b["latent"]["clip"])
+    assert a["progress"]["step"] == b["progress"]["step"] == 6
+    for part in ("model", "ema"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    assert b["latent"]["autoencoder"]["path"] == str(moved.resolve())
+
+
+def test_an_autoencoder_fine_tunes_from_another(invoke, tmp_path, autoencoder):
+    train_dir, val_dir = vae_folders(tmp_path / "data")
+    result = invoke("vae", "train", "--train-dataset-path", train_dir, "--val-dataset-path", val_dir, *TINY_VAE,
+                    "--pretrain", "--pretrain-path", autoencoder / "ckpt_best.pt", "--result-path", tmp_path,
+                    "--run-name", "tuned", "--dry-run")
+    assert result.exit_code == 0 and "pretrained weights" in result.output, result.output
+    result = invoke("vae", "train", "--train-dataset-path", train_dir, "--val-dataset-path", val_dir, *TINY_VAE,
+                    "--latent-channels", "3", "--pretrain", "--pretrain-path", autoencoder / "ckpt_best.pt",
+                    "--result-path", tmp_path / "no", "--dry-run")
+    assert result.exit_code == 2 and "--latent-channels" in result.output
+
+
+def test_profile_kind_is_inherited_and_checked(invoke, tmp_path):
+    child = tmp_path / "mine.toml"
+    child.write_text('extends = "vae-demo"\n[train]\nepochs = 1\n')
+    result = invoke("vae", "train", "--profile", child, "--print-config")
+    assert result.exit_code == 0 and "epochs = 1" in result.output, result.output
+    result = invoke("dm", "train", "--profile", child, "--print-config")
+    assert result.exit_code == 2 and "is for `iddm vae train`" in result.output
+    child.write_text('kind = ["vae"]\n')
+    result = invoke("vae", "train", "--profile", child, "--print-config")
+    assert result.exit_code == 2 and "kind = ['vae']: expected one of" in result.output

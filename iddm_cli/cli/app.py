@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from iddm_cli import __version__
-from iddm_cli.cli import dataset, dm
+from iddm_cli.cli import dataset, dm, eval, vae
 from iddm_cli.cli.common import IddmCommand, command_from, settings_command
 from iddm_cli.cli.convert import convert_command
 from iddm_cli.cli.sample import sample_command
@@ -18,7 +18,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(dm.app, name="dm", short_help="Diffusion models: train.")
-app.add_typer(dm.vae_app, name="vae", short_help="Autoencoders for latent diffusion: train.")
+app.add_typer(vae.app, name="vae", short_help="Autoencoders for latent diffusion: train.")
 app.command(
     "resume", cls=IddmCommand, short_help="Continue an interrupted or finished run where it stopped.",
     help="Continue an interrupted run exactly where it stopped; the run directory is all it needs. Only the settings "
@@ -33,6 +33,7 @@ app.command("convert", cls=IddmCommand, short_help="Turn an IDDM 1.x checkpoint 
                  "once records the noise schedule and T, which IDDM does not store.",
             )(settings_command(ConvertConfig, COMMANDS["convert"], convert_command))
 app.add_typer(dataset.app, name="dataset", short_help="Dataset tools: check.")
+app.add_typer(eval.app, name="eval", short_help="Sample quality: FID and KID.")
 
 
 def _version(value: bool) -> None:

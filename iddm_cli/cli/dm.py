@@ -1,6 +1,6 @@
-"""``iddm dm train``, ``iddm vae train`` and ``iddm resume``. Every option comes from the schema
+"""``iddm dm train`` and ``iddm resume`` (of any run). Every option comes from the schema
 (:data:`iddm_cli.config.commands.COMMANDS`); the bodies resolve the settings of the trainer's schema and hand them
-to the training engine, which is the same for both trainers."""
+to the training engine, which is the same for every trainer (``iddm vae train`` uses :func:`train_command`)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,10 @@ from iddm_cli.cli.common import IddmCommand, command_from, err_console, report_e
 from iddm_cli.config import check_runnable, resolve, to_toml
 from iddm_cli.config.commands import COMMANDS, RUN
 from iddm_cli.config.loader import Resolved
-from iddm_cli.config.schema import DM, VAE, Schema, schema_of
+from iddm_cli.config.schema import DM, Schema, schema_of
 from iddm_cli.errors import ConfigError
 
 app = typer.Typer(help="Diffusion models, in pixel or latent space.", no_args_is_help=True)
-vae_app = typer.Typer(help="Autoencoders for latent diffusion.", no_args_is_help=True)
 
 
 def explain_table(resolved: Resolved) -> Table:
@@ -43,7 +42,10 @@ def _execute(job: Any, dry_run: bool | None) -> None:
     err_console.print(f"done: {result.steps} steps, final loss {result.final_loss:.4f}", markup=False)
     err_console.print(f"run directory: {result.run_dir}", markup=False, highlight=False)
     if result.previews:
-        err_console.print(f"samples: {result.previews[-1]}", markup=False, highlight=False)
+        what = "reconstructions" if result.previews[-1].name.startswith("recon_") else "samples"
+        err_console.print(f"{what}: {result.previews[-1]}", markup=False, highlight=False)
+    if (result.run_dir / "ckpt_best.pt").is_file():
+        err_console.print(f"best checkpoint: {result.run_dir / 'ckpt_best.pt'}", markup=False, highlight=False)
 
 
 def _resume(run_dir: Any, flags: dict[str, Any], start_epoch: int | None, force: bool | None,
@@ -97,10 +99,3 @@ app.command(
          "--latent, in the latent space of an autoencoder from `iddm vae train`. Settings: defaults < --profile < "
          "--set < flags. IDDM's underscore flags (--batch_size) work too.",
 )(command_from(COMMANDS["dm train"], train_command))
-
-vae_app.command(
-    "train", cls=IddmCommand, short_help="Train the autoencoder of latent diffusion.",
-    help="Train a KL-regularised autoencoder on train/ and val/ image folders: validation PSNR and SSIM every "
-         "epoch, ckpt_best.pt by PSNR, a reconstruction grid per epoch. Its checkpoint is what `iddm dm train "
-         "--latent --autoencoder-ckpt` takes. Settings: defaults < --profile < --set < flags; IDDM's flags work too.",
-)(command_from(COMMANDS["vae train"], lambda options: train_command(options, VAE)))

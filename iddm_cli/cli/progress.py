@@ -56,10 +56,17 @@ class RichReporter(Reporter):
             self.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     def end_epoch(self, epoch: int, summary: dict[str, Any]) -> None:
+        validation = ""
+        if "val_psnr" in summary:  # an autoencoder's: shown on a terminal and in logs alike
+            validation = (f", val PSNR {summary['val_psnr']:.2f} dB, SSIM {summary['val_ssim']:.4f}"
+                          + (" (best: ckpt_best.pt)" if summary.get("best") else ""))
         if self.progress is not None:
             preview = f", preview {summary['preview']}" if "preview" in summary else ""
-            self.progress.console.print(f"epoch {summary['epoch']}: mean loss {summary['loss']:.4f}{preview}",
-                                        markup=False, highlight=False)
+            self.progress.console.print(f"epoch {summary['epoch']}: mean loss {summary['loss']:.4f}{validation}"
+                                        f"{preview}", markup=False, highlight=False)
+        elif validation:
+            self.console.print(f"epoch {summary['epoch']}:{validation.removeprefix(',')}", markup=False,
+                               highlight=False)
 
     def close(self) -> None:
         if self.progress is not None:

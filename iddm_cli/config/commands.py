@@ -102,6 +102,43 @@ class SampleConfig:
 
 
 @dataclass(kw_only=True)
+class FidConfig(SampleConfig):
+    """``iddm eval fid``: the sampling settings of ``iddm sample`` (for --ckpt) and what to compare against."""
+
+    PANEL: ClassVar[str] = "Evaluation"
+
+    ref: str = opt(None, "The reference: an image folder (class subfolders too), or a statistics file (.pt) that "
+                   "an earlier evaluation cached.", kind="str", required=True, metavar="DIR|FILE", panel="Inputs")
+    images: str = opt(None, "A folder of images to score (generated elsewhere).", kind="str", metavar="DIR",
+                      panel="Inputs")
+    num: int = opt(1000, "Samples to draw from --ckpt (a conditional model: the same number of every class).",
+                   short="-n", ge=2, le=1_000_000)
+    per_class: bool = opt(False, "Also FID per class (a conditional --ckpt against a class-folder reference).",
+                          off="")
+    json: bool = opt(False, "Write the scores as JSON on stdout.", off="")
+    kid_subsets: int = opt(100, "KID: random subsets averaged.", ge=1, le=10_000)
+    kid_subset_size: int = opt(1000, "KID: features per subset (capped at the smaller set).", ge=2, le=100_000)
+
+
+@dataclass(kw_only=True)
+class ReconstructionEvalConfig:
+    """``iddm eval vae``: an autoencoder checkpoint's reconstructions of a folder of images."""
+
+    PANEL: ClassVar[str] = "Evaluation"
+
+    checkpoint: str = opt(None, "The autoencoder checkpoint, or its `iddm vae train` run directory (ckpt_best.pt).",
+                          kind="str", argument=True, required=True, metavar="CKPT")
+    images: str = opt(None, "The images to reconstruct (a folder, subfolders included), resized to the "
+                      "autoencoder's training size.", kind="str", required=True, metavar="DIR", panel="Inputs")
+    fid: bool = opt(True, "Also the reconstruction FID (reconstructions against the originals; needs the eval "
+                    "extra).")
+    batch_size: int = opt(64, "Images per network batch.", short="-b", ge=1, le=65_536)
+    device: str = opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N.", kind="device",
+                      metavar="auto|cpu|cuda|cuda:N", panel="Devices")
+    json: bool = opt(False, "Write the scores as JSON on stdout.", off="")
+
+
+@dataclass(kw_only=True)
 class ConvertConfig:
     """``iddm convert``: an IDDM 1.x ``ckpt_last.pt`` as an iddm checkpoint. IDDM does not store its noise schedule
     or T, so they are given here (IDDM 1.x trains with linear and 1000 unless its code was edited)."""
@@ -149,6 +186,8 @@ class DatasetGetConfig:
 
 RUN = specs_of({"run": RunOptions, "resume": ResumeTarget})
 SAMPLE = specs_of({"sample": SampleConfig})
+FID = specs_of({"fid": FidConfig})
+RECONSTRUCTION = specs_of({"vae": ReconstructionEvalConfig})
 CONVERT = specs_of({"convert": ConvertConfig})
 DATASET_CHECK = specs_of({"check": DatasetCheckConfig})
 DATASET_GET = specs_of({"get": DatasetGetConfig})
@@ -170,6 +209,14 @@ COMMANDS: dict[str, dict[str, FieldSpec]] = {
                **{name: replace(spec, hidden=True) for name, spec in FIELDS.items()
                   if not spec.resumable and name != "start_epoch"}},
     "sample": {**SAMPLE, **pick(RUN, "debug")},
+    "eval fid": {**pick(FID, "ref", "images"),
+                 "checkpoint": replace(FID["checkpoint"], argument=False, flag="--ckpt", panel="Inputs",
+                                       help="A diffusion checkpoint (or its run directory) to draw --num samples from, "
+                                            "with the sampler options below."),
+                 **pick(FID, "num", "per_class", "kid_subsets", "kid_subset_size", "json", "sampler", "steps", "eta",
+                        "cfg_scale", "seed", "batch_size", "ema", "autoencoder_ckpt", "verify", "device"),
+                 **pick(RUN, "debug")},
+    "eval vae": {**RECONSTRUCTION, **pick(RUN, "debug")},
     "convert": {**CONVERT, **pick(RUN, "debug")},
     "dataset check": {**DATASET_CHECK, **pick(RUN, "debug")},
     "dataset get": {**DATASET_GET, **pick(RUN, "debug")},

@@ -136,19 +136,29 @@ def lookup_key(key: str, schema: Schema = DM) -> FieldSpec | None:
 def kind_of(data: dict[str, Any]) -> str:
     """The trainer a profile, config.toml or stored config is for: its top-level ``kind`` ("dm" when absent)."""
     kind = data.get("kind", "dm")
-    return kind if kind in SCHEMAS else "dm"
+    return kind if isinstance(kind, str) and kind in SCHEMAS else "dm"
+
+
+def check_kind(chain: list[tuple[Path, dict[str, Any]]], schema: Schema) -> None:
+    """A profile chain is for one trainer: the ``kind`` of the nearest file that sets one (``extends`` inherits it)."""
+    for path, data in reversed(chain):
+        if "kind" not in data:
+            continue
+        kind = data["kind"]
+        if not isinstance(kind, str) or kind not in SCHEMAS:
+            raise ConfigError(f"{path}: kind = {kind!r}: expected one of {', '.join(map(repr, SCHEMAS))}")
+        if kind != schema.kind:
+            raise ConfigError(f"{path}: is for `{SCHEMAS[kind].command}` (kind = {kind!r}), not `{schema.command}`")
+        return
+    if schema.kind != "dm":
+        raise ConfigError(f"{chain[-1][0]}: is for `iddm dm train` (it sets no kind); a profile for "
+                          f"`{schema.command}` says kind = {schema.kind!r}")
 
 
 def flatten_profile(path: Path, data: dict[str, Any], errors: list[str], schema: Schema = DM) -> dict[str, Any]:
     """Profile tables -> {key name: value}. Top-level bare keys (IDDM's flat names) are accepted too."""
     flat: dict[str, Any] = {}
     fields, sections = schema.fields, schema.sections
-    kind = data.get("kind", "dm")
-    if kind not in SCHEMAS:
-        errors.append(f"{path}: kind = {kind!r}: expected one of {', '.join(map(repr, SCHEMAS))}")
-    elif kind != schema.kind:
-        errors.append(f"{path}: is for `{SCHEMAS[kind].command}` (kind = {kind!r}), not `{schema.command}`")
-        return flat
     for top, value in data.items():
         if top in ("extends", "kind"):
             continue
@@ -300,7 +310,9 @@ def resolve(profile: str | None = None, sets: list[str] | tuple[str, ...] = (),
     layers: list[tuple[str, dict[str, Any]]] = []  # (source, {key: raw value}), lowest first
     files: list[Path] = []
     if profile:
-        for path, data in load_profile_chain(profile):
+        chain = load_profile_chain(profile)
+        check_kind(chain, schema)
+        for path, data in chain:
             files.append(path)
             layers.append((f"profile:{path}", flatten_profile(path, data, errors, schema)))
     set_values: dict[str, Any] = {}

@@ -88,7 +88,8 @@ class ModelConfig:
     autoencoder_network: str = opt("vae", "Autoencoder network (must be the checkpoint's).", choices=C.AUTOENCODERS,
                                    panel="Latent diffusion")
     autoencoder_ckpt: str = opt("", "Autoencoder checkpoint (ckpt_best.pt of an `iddm vae train` run or its run "
-                                "directory).", metavar="FILE", panel="Latent diffusion")
+                                "directory). On resume: where the run's autoencoder moved (its SHA-256 is checked).",
+                                metavar="FILE", panel="Latent diffusion", resumable=True)
     cache_latents: bool = opt(False, "Encode the dataset once (posterior mean and std kept in memory) and draw a "
                               "latent from the posterior each step, instead of encoding every batch; no "
                               "augmentation then.", panel="Latent diffusion")
@@ -180,6 +181,20 @@ class VisConfig:
 
 
 @dataclass(kw_only=True)
+class EvalConfig:
+    PANEL: ClassVar[str] = "Evaluation"
+
+    eval_interval: int = opt(0, "Every N epochs (and after the last), FID and KID of eval_num DDIM samples from the "
+                             "EMA weights against eval_ref; the best FID is kept as ckpt_best_fid.pt (0 = off). "
+                             "Needs iddm's eval extra (the Inception weights).", ge=0, metavar="N", resumable=True)
+    eval_num: int = opt(1000, "Samples per evaluation (a conditional model: the same number of every class).", ge=2,
+                        le=100_000, resumable=True)
+    eval_steps: int = opt(20, "DDIM steps of the evaluation samples.", ge=1, le=100_000, resumable=True)
+    eval_ref: str = opt("", "Reference images or statistics file (empty = the training images; their statistics "
+                        "are cached).", metavar="DIR|FILE", resumable=True)
+
+
+@dataclass(kw_only=True)
 class DeviceConfig:
     PANEL: ClassVar[str] = "Devices"
 
@@ -209,6 +224,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "save": SaveConfig,
     "vis": VisConfig,
+    "eval": EvalConfig,
     "device": DeviceConfig,
 }
 
@@ -224,6 +240,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     save: SaveConfig = field(default_factory=SaveConfig)
     vis: VisConfig = field(default_factory=VisConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -287,8 +304,8 @@ class AutoencoderTrainConfig(TrainConfig):
 class AutoencoderVisConfig:
     PANEL: ClassVar[str] = "Previews"
 
-    num_vis: int = opt(8, "Validation images in each epoch's reconstruction grid (originals above "
-                       "reconstructions).", ge=1, le=1000, resumable=True)
+    num_vis: int = opt(8, "Validation images in each epoch's reconstruction grid, spread evenly over the set "
+                       "(originals above reconstructions).", ge=1, le=1000, resumable=True)
     image_format: str = opt("png", "Format of the reconstruction grids.", choices=C.IMAGE_FORMATS, resumable=True)
 
 

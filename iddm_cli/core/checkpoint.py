@@ -9,6 +9,7 @@ and GradScaler state. Only tensors and plain Python values are stored, so loadin
 from __future__ import annotations
 
 import errno
+import io
 import os
 import pickle
 import platform
@@ -175,12 +176,14 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     return check_format(read_checkpoint_file(path, map_location), path)
 
 
-def read_checkpoint_file(path: Path, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load(weights_only=True)``: plain values and tensors only; a failure is a one-line CheckpointError."""
-    if not path.is_file():
+def read_checkpoint_file(path: Path, map_location: str | torch.device = "cpu", content: bytes | None = None) -> Any:
+    """``torch.load(weights_only=True)``: plain values and tensors only; a failure is a one-line CheckpointError.
+    ``content``: the file's bytes, read already (so that what is loaded is exactly what was hashed)."""
+    if content is None and not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
+        data = torch.load(io.BytesIO(content) if content is not None else path, map_location=map_location,
+                          weights_only=True)
     except pickle.UnpicklingError as err:
         lines = [x.strip() for x in str(err).splitlines()]
         unsafe = next((x for x in lines if "Unsupported global" in x), None)
@@ -240,9 +243,10 @@ def load_pretrained(model: nn.Module, ckpt: dict[str, Any], path: Path) -> list[
     problems += [f"missing {k}" for k in missing]
     if problems:
         net = ckpt.get("network", {})
+        flags = "--base-channels, --latent-channels, --downsample" if ckpt.get("kind") == "vae" else \
+            "--network, --base-channels, --act"
         raise CheckpointError(
             f"{path} does not fit this network ({len(problems)} mismatches, first: {problems[0]}); it was trained "
-            f"as {net.get('name', '?')} with {net.get('kwargs', {})}: use the same --network, --base-channels, "
-            "--act and image channels")
+            f"as {net.get('name', '?')} with {net.get('kwargs', {})}: use the same {flags} and image channels")
     model.load_state_dict(state, strict=False)
     return notes

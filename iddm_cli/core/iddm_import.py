@@ -40,6 +40,9 @@ BASE_CONV = {"conv.weight": "0.weight", "gn.weight": "1.weight", "gn.bias": "1.b
 EMB = {"emb_layer.1.weight": "emb.proj.1.weight", "emb_layer.1.bias": "emb.proj.1.bias"}
 LABELS = ("condition_adapter.label_emb.weight", "label_emb.weight")  # IDDM 1.2+, and earlier releases
 
+LATENT_ADVICE = ("IDDM autoencoders do not convert; train one with `iddm vae train`, then `iddm dm train --latent "
+                 "--autoencoder-ckpt RUN`")
+
 
 def _csp_layer(tail: str) -> str | None:
     """IDDM's CSPLayer (conv1 -> m bottlenecks, conv2 beside them, conv3 fuses) -> ours (main, short, fuse)."""
@@ -166,7 +169,8 @@ def _settings(data: dict[str, Any], path: Path) -> tuple[str, str, tuple[int, in
                "LeakyReLU(0.01) after residual convolutions)" if act == "lrelu" else "")
         raise CheckpointError(f"{path}: IDDM act {act!r} cannot be reproduced{why}; convertible: {', '.join(ACTS)}")
     if data.get("latent"):
-        raise CheckpointError(f"{path}: an IDDM latent-diffusion checkpoint; latent diffusion is not available here")
+        raise CheckpointError(f"{path}: an IDDM latent-diffusion checkpoint, which needs IDDM's own autoencoder: "
+                              f"{LATENT_ADVICE}")
     if data.get("mode") not in (None, "class"):  # IDDM stores None for unconditional runs
         raise CheckpointError(f"{path}: IDDM mode {data['mode']!r}; only class conditioning converts")
     size = parse_image_size(data["image_size"])
@@ -205,7 +209,7 @@ def _convert(data: dict[str, Any], path: Path, noise_schedule: str, noise_steps:
         raise CheckpointError(f"{path}: the IDDM {network} weights lack one of {', '.join(needed)}")
     if int(state["outc.weight"].shape[0]) not in (1, 3):  # IDDM keeps no 'latent' key: 4 channels are latents
         raise CheckpointError(f"{path}: a network with {int(state['outc.weight'].shape[0])} output channels is an "
-                              "IDDM latent-diffusion model; latent diffusion is not available here")
+                              f"IDDM latent-diffusion model, which needs IDDM's own autoencoder: {LATENT_ADVICE}")
     kwargs: dict[str, Any] = {
         "in_channels": int(state["inc.conv.weight" if network == "cspdarkunet" else first].shape[1]),
         "out_channels": int(state["outc.weight"].shape[0]),

@@ -13,17 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from iddm_cli.core.checkpoint import load_checkpoint, strip_prefix
+from iddm_cli.core.checkpoint import check_format, read_checkpoint_file, strip_prefix
 from iddm_cli.errors import CheckpointError, ConfigError
 from iddm_cli.nets import build_stored
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def autoencoder_file(value: str | Path) -> Path:
@@ -84,14 +76,19 @@ def load_autoencoder(path: str | Path, key: str = "model.autoencoder_ckpt", expe
     file = autoencoder_file(path)
     if not file.is_file():
         raise CheckpointError(f"{key}: autoencoder checkpoint {file} does not exist")
-    sha = file_sha256(file)
-    if expect_sha256 is not None and sha != expect_sha256:
-        raise CheckpointError(f"{key}: {file} is not the autoencoder the model was trained with (SHA-256 "
-                              f"{sha[:12]}, recorded {expect_sha256[:12]}); {hint}")
-    ckpt = load_checkpoint(file, map_location=device)
+    content = file.read_bytes()  # read once: the weights loaded are the bytes hashed
+    sha = hashlib.sha256(content).hexdigest()
+    data = read_checkpoint_file(file, device, content)
+    if isinstance(data, dict) and "latent_channel" in data and data.get("format") != "iddm":
+        raise ConfigError(f"{key}: {file} is an IDDM 1.x autoencoder, which does not convert (its architecture "
+                          "differs); train one with `iddm vae train`")
+    ckpt = check_format(data, file)
     if ckpt.get("kind") != "vae":
         raise ConfigError(f"{key}: {file} is a diffusion-model checkpoint, not an autoencoder one: give the "
                           "ckpt_best.pt of an `iddm vae train` run")
+    if expect_sha256 is not None and sha != expect_sha256:
+        raise CheckpointError(f"{key}: {file} is not the autoencoder the model was trained with (SHA-256 "
+                              f"{sha[:12]}, recorded {expect_sha256[:12]}); {hint}")
     model = build_stored(ckpt["network"])
     model.load_state_dict(strip_prefix(ckpt.get("ema") or ckpt["model"]))
     model.to(device).eval().requires_grad_(False)

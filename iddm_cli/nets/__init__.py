@@ -31,10 +31,11 @@ NETWORKS: dict[str, NetworkSpec] = {
 
 
 AUTOENCODER_NETWORKS: dict[str, NetworkSpec] = {
-    "vae": NetworkSpec("iddm_cli.nets.autoencoder:Autoencoder", 1, 8,
+    "vae": NetworkSpec("iddm_cli.nets.autoencoder:Autoencoder", 1, 1,
                        "KL-regularised convolutional autoencoder (down-sampling 4 or 8)"),
 }
-"""The autoencoders of latent diffusion (``iddm vae train``); their size rule is the down-sampling factor."""
+"""The autoencoders of latent diffusion (``iddm vae train``); their size rule is the down-sampling factor, a
+setting of its own (checked by :func:`iddm_cli.config.loader.check_runnable`)."""
 
 
 LEGACY_KWARGS: dict[str, Any] = {"time_embedding": "legacy"}
@@ -61,8 +62,8 @@ def stored_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def flavor_of(network: dict[str, Any], name: str) -> dict[str, Any]:
     """How a stored network computes beyond what the config says (time embedding, up block); nothing when it is
-    another network."""
-    if network["name"] != name:
+    another network, or an autoencoder (stored complete)."""
+    if network["name"] != name or name in AUTOENCODER_NETWORKS:
         return {}
     stored = stored_kwargs(network["kwargs"])
     return {k: stored[k] for k in FLAVOR_KWARGS if k in stored}

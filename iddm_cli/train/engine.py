@@ -7,7 +7,8 @@ Durations are counted in optimizer steps; every step draws its randomness from a
 
 Under DDP (a :class:`~iddm_cli.train.distributed.World` from a launcher) every rank runs this same loop on its shard
 of the data; rank 0 alone writes the run directory, and every collective is entered by all ranks at the same point:
-the per-step agreement on loss and stop signals, checkpoints (skipped-file lists) and the sharded previews.
+the per-step agreement on loss and stop signals, checkpoints (skipped-file lists), and the tasks' own: the latent
+scale sent by rank 0, the autoencoder's validation sums and the sharded previews.
 """
 
 from __future__ import annotations
@@ -269,7 +270,9 @@ class Session:
 
     def save(self, epochs_done: int, position: int = 0) -> Path:
         """ckpt_last.pt (and, at an epoch end, the interval checkpoint). ``position``: batches into the next epoch.
-        Every rank calls it (the skipped-file lists are gathered); rank 0 writes."""
+        Every rank calls it (the skipped-file lists are gathered); rank 0 writes. The task's own copies of the state
+        (an autoencoder's ckpt_best.pt) are written first, so that ckpt_last.pt never records a best state that
+        was not saved."""
         s, run_dir = self.c.save, self.plan.run_dir
         last = run_dir / "ckpt_last.pt"
         if self.world.launched:
@@ -279,7 +282,10 @@ class Session:
             self.bad_files |= seen
         if not self.world.is_main:
             return last
-        ckpt.save_checkpoint(last, self.checkpoint_payload(epochs_done, position))
+        payload = self.checkpoint_payload(epochs_done, position)
+        for copy in self.task.copies(position):
+            ckpt.save_checkpoint(copy, payload)
+        ckpt.save_checkpoint(last, payload)
         if position == 0 and s.save_model_interval and epochs_done > s.start_model_interval \
                 and epochs_done % s.save_model_interval_epochs == 0:
             kept = run_dir / f"ckpt_{epochs_done:03d}.pt"

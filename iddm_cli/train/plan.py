@@ -22,6 +22,7 @@ from iddm_cli.core.latent import LatentCodec, load_autoencoder
 from iddm_cli.core.rundir import check_free_space, check_writable, claim_run_dir, plan_run_dir
 from iddm_cli.data.folder import DatasetInfo, scan_dataset
 from iddm_cli.errors import ConfigError, DataError
+from iddm_cli.metrics.fid import inception_path
 from iddm_cli.nets import NETWORKS, build_network, count_parameters, flavor_of
 
 
@@ -73,9 +74,8 @@ class Plan:
         kind = ckpt.get("kind", "dm")
         if kind != self.kind:
             what = {"dm": "a diffusion-model", "vae": "an autoencoder"}
-            raise ConfigError(f"train.pretrain_path: {path} is {what.get(kind, kind)} checkpoint, and this run trains "
-                              f"{what[self.kind].removeprefix('a ').removeprefix('an ')}: give a checkpoint of the "
-                              "same kind")
+            raise ConfigError(f"train.pretrain_path: {path} is {what.get(kind, kind)} checkpoint and this run "
+                              f"trains {what[self.kind]}: give {what[self.kind]} checkpoint")
         act = ckpt["network"]["kwargs"].get("act")
         if ckpt["network"]["name"] == self.network["name"] and act and act != self.config.model.act:
             raise ConfigError(f"train.pretrain_path: {path} was trained with act {act!r} and this run has "
@@ -189,7 +189,7 @@ def plan_training(config: Any, run_dir: Path | None = None, world: World | None 
             raise ConfigError(f"train.result_path: cannot create {run_dir}: {problem}")
     amp_dtype, use_scaler, amp_note = select_amp(device, config.optim.amp)
     h, w = image_hw(config)
-    notes_codec = None
+    codec_notes: list[str] = []
     if vae:
         if val is not None and val.channels != data.channels:
             raise DataError(f"{val.root} is {'gray' if val.channels == 1 else 'colour'} and {data.root} is not: "
@@ -203,21 +203,28 @@ def plan_training(config: Any, run_dir: Path | None = None, world: World | None 
         channels = data.channels
         if codec is not None:
             channels = _check_codec(config, codec, data, (h, w))
+            if config.model.cache_latents and config.data.augment != "resize":
+                codec_notes.append(f"note: --cache-latents encodes every image once, resized: augment "
+                                   f"{config.data.augment!r} does not apply")
             if list(codec.record["image_size"]) != [h, w]:
-                notes_codec = (f"note: the autoencoder was trained on {'x'.join(map(str, codec.record['image_size']))}"
-                               f" images and this run's are {h}x{w}")
+                trained = "x".join(map(str, codec.record["image_size"]))
+                codec_notes.append(f"note: the autoencoder was trained on {trained} images and this run's are {h}x{w}")
         kwargs = {"in_channels": channels, "out_channels": channels,
                   "base_channels": config.model.base_channels, "num_classes": len(data.class_names),
                   "act": config.model.act, "time_embedding": "iddm",
                   **({"up_block": "csp"} if config.model.network == "cspdarkunet" else {}),  # stored, as the others
                   **(flavor_of(network, config.model.network) if network is not None else {})}
+    if not vae and config.eval.eval_interval:  # found now, not after the first epochs
+        inception_path()
+        if config.eval.eval_ref and not Path(config.eval.eval_ref).expanduser().exists():
+            raise DataError(f"eval.eval_ref: {config.eval.eval_ref} does not exist")
     torch.manual_seed(config.train.seed)  # the initial weights depend on the seed alone
     model = build_network(config.model.network, **kwargs)
     if world is None or world.is_main:
         # a new run needs room for its first checkpoint and the next one beside it; a resumed run for one more
         check_free_space(run_dir, checkpoint_bytes(model) * (2 if new_run else 1))
     steps_per_epoch = math.ceil(math.ceil(len(data.samples) / world_size) / config.data.batch_size)
-    notes = [n for n in (amp_note, dir_note, notes_codec, *layout.notes, *data.notes, *(val.notes if val else []))
+    notes = [n for n in (amp_note, dir_note, *codec_notes, *layout.notes, *data.notes, *(val.notes if val else []))
              if n]
     if data.size_stats[1] and data.size_stats[1] < min(h, w):
         notes.append(f"note: half the images are smaller than {min(h, w)} px (median {data.size_stats[1]} px) "

@@ -17,6 +17,7 @@ from iddm_cli.config.loader import coerce
 from iddm_cli.config.schema import schema_of
 from iddm_cli.core.checkpoint import load_checkpoint, numbered_checkpoints
 from iddm_cli.core.devices import World
+from iddm_cli.core.latent import LatentCodec, load_autoencoder
 from iddm_cli.core.rundir import RunLock
 from iddm_cli.data.folder import DatasetInfo
 from iddm_cli.errors import CheckpointError, ConfigError, DataError, first_line
@@ -28,7 +29,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 # Settings marked resumable in the schema may change on resume: none alters the model, the data or the optimisation.
-IGNORED_ON_RESUME = ("resume", "start_epoch", "run_name", "result_path", "pretrain", "pretrain_path")
+IGNORED_ON_RESUME = ("resume", "start_epoch", "run_name", "result_path", "pretrain", "pretrain_path",
+                     "autoencoder_ckpt")  # the last: where the same autoencoder moved (checked by its SHA-256)
 
 
 def find_state(run_dir: Path, start_epoch: int = -1) -> tuple[Path, dict[str, Any], list[str]]:
@@ -78,12 +80,12 @@ def plan_resume(run_dir: str | Path, overrides: dict[str, Any], start_epoch: int
         raise ConfigError(f"{path} {state_is}, and the run has train.epochs = {config.train.epochs}: nothing is "
                           f"left to train; extend it with --epochs {done + 10}, for example")
     plan = plan_training(config, run, world, data, classes=state["data"]["class_names"], network=state["network"],
-                         codec=_stored_codec(config, state))
+                         codec=_stored_codec(state, overrides.get("autoencoder_ckpt")))
     plan.created_config, plan.superseded = created, newer
     if changed:  # part of the plan, so train.log records them (config.toml stays the creation record)
         plan.notes.append(f"changed on resume: {', '.join(changed)}")
     if plan.data.class_names != state["data"]["class_names"] or plan.data.channels != state["data"]["channels"]:
-        raise DataError(f"the dataset at {config.data.dataset_path} no longer matches the run (classes or channels "
+        raise DataError(f"the dataset at {plan.data.root} no longer matches the run (classes or channels "
                         "changed); resume needs the data the run was started with")
     if newer:
         notes.append(f"--force: {', '.join(p.name for p in newer)} will be moved to {run}/superseded-<time>/")
@@ -122,16 +124,18 @@ def _value(config: Config, spec: Any) -> Any:
 
 
 def _newer_states(run: Path, chosen: Path, state: dict[str, Any]) -> list[Path]:
-    """States that a continuation from ``chosen`` would replace: later ckpt_NNN.pt and a later ckpt_last.pt."""
+    """States that a continuation from ``chosen`` would replace: later ckpt_NNN.pt, and a later ckpt_last.pt or
+    (an autoencoder's) ckpt_best.pt."""
     done = state["progress"]["epoch"]
     newer = [p for epochs, p in numbered_checkpoints(run) if epochs > done and p != chosen]
-    last = run / "ckpt_last.pt"
-    if last.exists() and last != chosen:
+    for other in (run / "ckpt_last.pt", run / "ckpt_best.pt"):
+        if not other.exists() or other == chosen:
+            continue
         try:
-            if load_checkpoint(last)["progress"]["step"] > state["progress"]["step"]:
-                newer.append(last)
+            if load_checkpoint(other)["progress"]["step"] > state["progress"]["step"]:
+                newer.append(other)
         except CheckpointError:
-            newer.append(last)  # unreadable: kept aside all the same
+            newer.append(other)  # unreadable: kept aside all the same
     return newer
 
 
@@ -165,13 +169,16 @@ def _apply_overrides(config: Config, overrides: dict[str, Any], run: Path) -> li
     return changed
 
 
-def _stored_codec(config: Any, state: dict[str, Any]) -> Any:
-    """A resumed latent run's autoencoder: the file its checkpoint recorded, verified by its hash."""
+def _stored_codec(state: dict[str, Any], moved_to: str | None) -> LatentCodec | None:
+    """A resumed latent run's autoencoder: the file its checkpoint recorded, or ``--autoencoder-ckpt`` when that file
+    moved, verified by its SHA-256 either way."""
     latent = state.get("latent")
-    if latent is None or schema_of(config).kind != "dm":
+    if latent is None:
         return None
-    from iddm_cli.core.latent import load_autoencoder
-
     record = latent["autoencoder"]
-    return load_autoencoder(record["path"], "the run's autoencoder", expect_sha256=record["sha256"],
-                            hint="restore that file: a latent run continues with the autoencoder it started with")
+    key = "--autoencoder-ckpt" if moved_to else "the run's autoencoder"
+    if not moved_to and not Path(record["path"]).exists():
+        raise CheckpointError(f"the run's autoencoder, {record['path']}, is not there: give it with "
+                              "--autoencoder-ckpt FILE (its SHA-256 is checked)")
+    return load_autoencoder(moved_to or record["path"], key, expect_sha256=record["sha256"],
+                            hint="a latent run continues with the autoencoder it started with: give that file")

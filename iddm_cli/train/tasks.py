@@ -9,17 +9,17 @@ Every random draw of a step comes from the step's generator ``g`` (seed, rank, s
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from iddm_cli.core import checkpoint as ckpt
 from iddm_cli.core.images import save_grid
 from iddm_cli.data.folder import ImageFolderDataset, collate
 from iddm_cli.diffusion.schedule import Diffusion
-from iddm_cli.metrics.image import psnr, ssim
+from iddm_cli.metrics.image import PSNR_CAP, psnr, ssim
 from iddm_cli.nets.autoencoder import vae_loss
 from iddm_cli.train import distributed as dist
 from iddm_cli.train.objectives import LOSSES
@@ -37,7 +37,10 @@ class DiffusionTask:
 
     Latent diffusion (Rombach et al. 2022): the encoder runs without gradients; each step draws a latent from the
     posterior N(mean, std^2) and multiplies it by ``scale``, measured at the start of the run on the training data
-    so that the scaled latents have unit variance (instead of one constant for every autoencoder), and stored."""
+    so that the scaled latents have unit variance (instead of one constant for every autoencoder), and stored. The
+    largest magnitude of those scaled latents is stored too, as the range samplers clip x0 predictions to, as they
+    clip images to [-1, 1]: unclipped, eps errors at high noise levels are amplified and samples drift off the data
+    (on the latent demo their standard deviation came out 6.0 instead of 1.0)."""
 
     def __init__(self, session: Session, state: dict[str, Any] | None):
         self.s = session
@@ -46,15 +49,21 @@ class DiffusionTask:
         self.loss_fn = LOSSES[c.optim.loss]()
         self.codec = plan.codec.to(session.device) if plan.codec is not None else None
         self.cache: tuple[torch.Tensor, torch.Tensor] | None = None  # posterior (mean, std) of every image
-        self.scale = 1.0
+        evaluated = (state or {}).get("eval") or {}
+        self.best_fid, self.best_fid_epoch = evaluated.get("best_fid", math.inf), evaluated.get("best_epoch", 0)
+        self.fid_improved = False
+        self.last_fid: tuple[str, float] | None = None  # (metric, value) of this epoch's evaluation
+        self.inception: Any = None  # rank 0's network and reference, loaded at the first evaluation
+        self.reference: Any = None
+        self.scale, self.clip = 1.0, 1.0
         if self.codec is None:
             return
         if c.model.cache_latents:
-            self.cache = self._encode(len(plan.data.samples))
-        stored = (state or {}).get("latent", {}).get("scale")
-        self.scale = stored if stored is not None else self._measure_scale()
-        session.notes.append(f"latent scale {self.scale:.5g}" + (" (from the checkpoint)" if stored is not None else
-                                                                   " (measured: unit variance on the training data)"))
+            self.cache = self._encode(range(len(plan.data.samples)))
+        stored = (state or {}).get("latent")
+        self.scale, self.clip = (stored["scale"], stored["clip"]) if stored else self._measure_scale()
+        session.notes.append(f"latent scale {self.scale:.5g}, range +-{self.clip:.3g}" + (
+            " (from the checkpoint)" if stored else " (measured: unit variance on the training data)"))
 
     # data --------------------------------------------------------------------------------------------------
     def dataset(self) -> Dataset:
@@ -63,11 +72,11 @@ class DiffusionTask:
             return LatentDataset(*self.cache, [label for _, label in plan.data.samples])
         return ImageFolderDataset(plan.data, c.data.augment, plan.image_size, c.data.strict_data, c.train.seed)
 
-    def _encode(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The posterior (mean, std) of the first ``n`` training images, resized without augmentation."""
+    def _encode(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The posterior (mean, std) of these training images, resized without augmentation."""
         plan, c = self.s.plan, self.s.c
         images = ImageFolderDataset(plan.data, "resize", plan.image_size, c.data.strict_data, c.train.seed)
-        loader = DataLoader(torch.utils.data.Subset(images, range(n)), batch_size=ENCODE_BATCH, collate_fn=collate)
+        loader = DataLoader(torch.utils.data.Subset(images, indices), batch_size=ENCODE_BATCH, collate_fn=collate)
         means, stds = [], []
         for x, _, _ in loader:
             mean, std = self.codec.encode(x.to(self.s.device))
@@ -75,14 +84,19 @@ class DiffusionTask:
             stds.append(std.cpu())
         return torch.cat(means), torch.cat(stds)
 
-    def _measure_scale(self) -> float:
-        """1 / std of posterior samples of the training latents (the cached ones, else the first SCALE_IMAGES
-        images); rank 0's value is every rank's."""
-        n = min(SCALE_IMAGES, len(self.s.plan.data.samples))
-        scale = latent_scale(*(self.cache if self.cache is not None else self._encode(n)), self.s.c.train.seed)
+    def _measure_scale(self) -> tuple[float, float]:
+        """1 / std of posterior samples of the training latents (the cached ones, else SCALE_IMAGES images drawn
+        from every class by the seed); rank 0's value is every rank's."""
+        if self.cache is not None:
+            posterior = self.cache
+        else:
+            n, seed = len(self.s.plan.data.samples), self.s.c.train.seed
+            drawn = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:SCALE_IMAGES]
+            posterior = self._encode(sorted(drawn.tolist()))
+        measured = latent_scale(*posterior, self.s.c.train.seed)
         if self.s.world.launched:
-            scale = dist.broadcast_object(scale, self.s.world, "measuring the latent scale")
-        return scale
+            measured = dist.broadcast_object(measured, self.s.world, "measuring the latent scale")
+        return measured
 
     # one batch ---------------------------------------------------------------------------------------------
     def loss(self, x0: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -112,17 +126,61 @@ class DiffusionTask:
 
     # checkpoints and previews -----------------------------------------------------------------------------
     def payload(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"diffusion": self.diffusion.describe()}
+        out: dict[str, Any] = {"diffusion": self.diffusion.describe(),
+                               "eval": {"best_fid": self.best_fid, "best_epoch": self.best_fid_epoch}}
         if self.codec is not None:
-            out["latent"] = {"scale": self.scale, "autoencoder": self.codec.record,
+            out["latent"] = {"scale": self.scale, "clip": self.clip, "autoencoder": self.codec.record,
                              "shape": list(self.s.plan.sample_shape)}
         return out
 
     def before_save(self, done: int) -> dict[str, Any]:
-        return {}
+        """FID and KID of eval_num samples from the EMA weights, every eval_interval epochs and after the last: every
+        rank samples its share (as for previews), rank 0 scores them."""
+        c, s = self.s.c, self.s
+        self.fid_improved, self.last_fid = False, None
+        if not c.eval.eval_interval or (done % c.eval.eval_interval and done != c.train.epochs):
+            return {}
+        data = s.plan.data
+        n = c.eval.eval_num
+        labels = None
+        if data.conditional:
+            labels = torch.arange(n, device=s.device) % len(data.class_names)
+        g = torch.Generator().manual_seed(c.train.seed + 1)  # the same noise every time: epochs compare
+        images = self.generate(torch.randn(n, *s.plan.sample_shape, generator=g).to(s.device), labels,
+                               c.eval.eval_steps)
+        if images is None:
+            return {}
+        from iddm_cli.evaluation import metric_name, scores
+
+        net, ref = self._scorer()
+        result = scores(net((images + 1) / 2), ref, None, [], 100, 1000)
+        fid_name = metric_name("fid", n)
+        self.fid_improved = result.fid < self.best_fid
+        if self.fid_improved:
+            self.best_fid, self.best_fid_epoch = result.fid, done
+        self.last_fid = (fid_name, result.fid)
+        return {fid_name: result.fid, metric_name("kid", n): result.kid, "best_fid": self.fid_improved}
+
+    def _scorer(self) -> tuple[Any, Any]:
+        if self.inception is None:
+            from iddm_cli.evaluation import reference
+            from iddm_cli.metrics.fid import InceptionFeatures
+
+            c = self.s.c
+            self.inception = InceptionFeatures(self.s.device)
+            self.reference = reference(c.eval.eval_ref or c.data.dataset_path, self.inception)
+            self.s.logger.log(f"evaluation reference: {self.reference.source}")
+        return self.inception, self.reference
+
+    def copies(self, position: int) -> list[Path]:
+        """ckpt_best_fid.pt, when this epoch's FID is the best so far (written before ckpt_last.pt)."""
+        return [self.s.plan.run_dir / "ckpt_best_fid.pt"] if self.fid_improved and position == 0 else []
 
     def describe_epoch(self) -> str:
-        return ""
+        if self.last_fid is None:
+            return ""
+        best = " (best)" if self.fid_improved else f" (best {self.best_fid:.2f} at epoch {self.best_fid_epoch})"
+        return f", {self.last_fid[0]} {self.last_fid[1]:.2f}{best}"
 
     def after_save(self, done: int, last: Path) -> dict[str, Any]:
         c = self.s.c
@@ -141,25 +199,33 @@ class DiffusionTask:
             labels = torch.arange(len(data.class_names), device=s.device).repeat_interleave(per)
         n = labels.numel() if labels is not None else per
         g = torch.Generator().manual_seed(c.train.seed)  # the same noise every time: progress is comparable
-        noise = torch.randn(n, *s.plan.sample_shape, generator=g).to(s.device)
-        images = sharded_sample(s.ema.model, self.diffusion, noise, labels, s.world, steps=c.vis.vis_steps,
-                                cfg_scale=c.diffusion.cfg_scale, clip=None if self.codec else 1.0)
+        images = self.generate(torch.randn(n, *s.plan.sample_shape, generator=g).to(s.device), labels,
+                               c.vis.vis_steps)
         if images is None:
             return None
-        if self.codec is not None:
-            images = torch.cat([self.codec.decode(z / self.scale) for z in images.split(ENCODE_BATCH)])
         rows = len(data.class_names) if data.conditional else max(1, round(math.sqrt(n)))
         path = s.plan.run_dir / "vis" / f"ema_{epochs_done:03d}.{c.vis.image_format}"
         save_grid(images, path, rows, data.class_names or None, c.vis.image_format)
         s.previews.append(path)
         return path
 
+    def generate(self, noise: torch.Tensor, labels: torch.Tensor | None, steps: int) -> torch.Tensor | None:
+        """Deterministic DDIM images in [-1, 1] from the EMA weights (decoded, for a latent model), sharded over the
+        ranks; returned on rank 0, None elsewhere."""
+        s = self.s
+        out = sharded_sample(s.ema.model, self.diffusion, noise, labels, s.world, steps=steps,
+                             cfg_scale=s.c.diffusion.cfg_scale, clip=self.clip)
+        if out is None or self.codec is None:
+            return out
+        return torch.cat([self.codec.decode(z / self.scale) for z in out.split(ENCODE_BATCH)])
 
-def latent_scale(mean: torch.Tensor, std: torch.Tensor, seed: int) -> float:
-    """The factor that gives posterior samples z = mean + std * noise unit variance: 1 / std(z), with the noise
-    drawn from ``seed``."""
-    z = mean + std * torch.randn(mean.shape, generator=torch.Generator().manual_seed(seed))
-    return float(1.0 / z.double().std())
+
+def latent_scale(mean: torch.Tensor, std: torch.Tensor, seed: int) -> tuple[float, float]:
+    """(scale, range): the factor that gives posterior samples z = mean + std * noise unit variance, 1 / std(z),
+    with the noise drawn from ``seed``; and the largest |z| * scale, the data range of the scaled latents."""
+    z = (mean + std * torch.randn(mean.shape, generator=torch.Generator().manual_seed(seed))).double()
+    scale = float(1.0 / z.std())
+    return scale, float(z.abs().max() * scale)
 
 
 class LatentDataset(Dataset):
@@ -179,7 +245,8 @@ class LatentDataset(Dataset):
 class AutoencoderTask:
     """Reconstruction with a KL-regularised latent (IDDM's MSEKLLoss). Every epoch the validation images are
     reconstructed from their posterior mean by the EMA weights: PSNR (peak 1 on [0, 1] images) and SSIM choose
-    ``ckpt_best.pt``, and a grid shows the first ``num_vis`` originals above their reconstructions."""
+    ``ckpt_best.pt``, and a grid shows ``num_vis`` originals, spread evenly over the set, above their
+    reconstructions."""
 
     def __init__(self, session: Session, state: dict[str, Any] | None):
         self.s = session
@@ -213,7 +280,7 @@ class AutoencoderTask:
             x = torch.stack([self.val[i][0] for i in indices[lo:lo + ENCODE_BATCH]]).to(s.device)
             recon = model(x, sample=False)[0].float().clamp(-1, 1)
             a, b = (x + 1) / 2, (recon + 1) / 2
-            sums += torch.stack([psnr(a, b).clamp(max=100).sum(), ssim(a, b).sum(),
+            sums += torch.stack([psnr(a, b).clamp(max=PSNR_CAP).sum(), ssim(a, b).sum(),
                                  ((a - b) ** 2).flatten(1).mean(1).double().sum(),
                                  torch.tensor(float(len(x)), dtype=torch.float64, device=s.device)])
         if s.world.launched:
@@ -231,15 +298,18 @@ class AutoencoderTask:
                                 "kl_weight": c.optim.kl_weight},
                 "validation": {"best_psnr": self.best_psnr, "best_epoch": self.best_epoch, "last": self.metrics}}
 
+    def copies(self, position: int) -> list[Path]:
+        """ckpt_best.pt, when this epoch's validation PSNR is the best so far (written before ckpt_last.pt)."""
+        return [self.s.plan.run_dir / "ckpt_best.pt"] if self.improved and position == 0 else []
+
     @torch.no_grad()
     def after_save(self, done: int, last: Path) -> dict[str, Any]:
         s, c = self.s, self.s.c
         if not s.world.is_main:
             return {}
-        if self.improved:
-            ckpt.copy_checkpoint(last, s.plan.run_dir / "ckpt_best.pt")
-        n = min(c.vis.num_vis, len(self.val))
-        x = torch.stack([self.val[i][0] for i in range(n)]).to(s.device)
+        n, last = min(c.vis.num_vis, len(self.val)), len(self.val) - 1
+        spread = [round(i * last / max(1, n - 1)) for i in range(n)]  # the set's folders are in order: span them
+        x = torch.stack([self.val[i][0] for i in spread]).to(s.device)
         recon = s.ema.model(x, sample=False)[0].float().clamp(-1, 1)
         path = s.plan.run_dir / "vis" / f"recon_{done:03d}.{c.vis.image_format}"
         save_grid(torch.cat([x, recon]), path, 2, ["original", "recon"], c.vis.image_format)

@@ -1,0 +1,261 @@
+"""Sample quality: FID and KID of a folder of images, or of samples drawn from a checkpoint with the shared samplers,
+against a reference (an image folder, whose statistics are cached once, or a statistics file).
+
+Metric names carry the sample count (``fid1k``, ``kid1k``), because FID depends on it: fewer samples read higher.
+The network and the preprocessing are the standard ones (:mod:`iddm_cli.metrics.fid`); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision.transforms.functional as TF
+
+from iddm_cli.config.commands import FidConfig, ReconstructionEvalConfig
+from iddm_cli.core.latent import load_autoencoder
+from iddm_cli.data.folder import ImageFolderDataset, collate, load_image, scan_dataset
+from iddm_cli.errors import ConfigError, DataError, first_line
+from iddm_cli.metrics.fid import (
+    InceptionFeatures,
+    feature_stats,
+    fid_from_features,
+    kid,
+    load_stats,
+    save_stats,
+    stats_key,
+)
+from iddm_cli.metrics.image import PSNR_CAP, psnr, ssim
+from iddm_cli.sampling import (
+    check_request,
+    draw,
+    load_diffusion_checkpoint,
+    load_for_sampling,
+    resolve_checkpoint,
+    select_device,
+    selected_classes,
+)
+
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+PREPROCESSING = "files decoded as L or RGB at their own size; [0, 1]"  # part of every reference cache key
+DRAW_CHUNK = 256  # samples drawn (and scored) at a time, so that 50k samples never sit in memory
+
+
+def cache_dir() -> Path:
+    """Where reference statistics are cached: $IDDM_CACHE_DIR, else $XDG_CACHE_HOME/iddm/fid (~/.cache/iddm/fid)."""
+    if os.environ.get("IDDM_CACHE_DIR"):
+        return Path(os.environ["IDDM_CACHE_DIR"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "iddm" / "fid"
+
+
+def metric_name(metric: str, n: int) -> str:
+    """fid1k for 1000 samples, fid50k for 50,000, fid500 for 500."""
+    return f"{metric}{n // 1000}k" if n >= 1000 and n % 1000 == 0 else f"{metric}{n}"
+
+
+@dataclass
+class Reference:
+    mu: torch.Tensor
+    sigma: torch.Tensor
+    features: torch.Tensor  # (N, 2048)
+    labels: list[int] | None  # the class of each image (a class-folder reference), else None
+    class_names: list[str]
+    source: str  # how it was obtained, for the user
+
+
+def file_features(paths: Sequence[Path], net: InceptionFeatures, progress: Progress | None = None,
+                  what: str = "images") -> torch.Tensor:
+    """Features (N, 2048) of image files, in order; consecutive images of one shape go through the network
+    together. A file that does not decode is a DataError naming it."""
+    out: list[torch.Tensor] = []
+    batch: list[torch.Tensor] = []
+
+    def flush() -> None:
+        if batch:
+            out.append(net(torch.stack(batch)))
+            batch.clear()
+            if progress is not None:
+                progress(what, sum(len(f) for f in out), len(paths))
+
+    for path in paths:
+        try:
+            image = load_image(path, 3)
+        except (OSError, ValueError, SyntaxError) as err:
+            raise DataError(f"cannot decode {path}: {first_line(err)}") from None
+        x = TF.to_tensor(image)  # (3, H, W) in [0, 1]; gray files become 3 equal channels
+        if batch and (x.shape != batch[0].shape or len(batch) == net.batch_size):
+            flush()
+        batch.append(x)
+    flush()
+    return torch.cat(out) if out else torch.empty(0, 2048, dtype=torch.float64)
+
+
+def reference(ref: str, net: InceptionFeatures, progress: Progress | None = None) -> Reference:
+    """A statistics file as it is, or an image folder's statistics, from the cache when its files are unchanged."""
+    path = Path(ref).expanduser()
+    if path.is_file():
+        mu, sigma, features = load_stats(path)
+        return Reference(mu, sigma, features, None, [], f"statistics file {path}")
+    info = scan_dataset(ref, "auto", key="--ref")
+    files = [p for p, _ in info.samples]
+    if len(files) < 2:
+        raise DataError(f"--ref {path}: FID needs at least 2 reference images, found {len(files)}")
+    cached = cache_dir() / f"{stats_key(files, PREPROCESSING)}.pt"
+    labels = [label for _, label in info.samples] if info.conditional else None
+    if cached.is_file():
+        try:
+            mu, sigma, features = load_stats(cached)
+            if features.shape[0] == len(files):
+                return Reference(mu, sigma, features, labels, info.class_names,
+                                 f"{len(files)} images in {info.root} (statistics cached in {cached})")
+        except DataError:
+            pass  # damaged: computed again below
+    features = file_features(files, net, progress, "reference")
+    mu, sigma = feature_stats(features)
+    note = f"statistics cached in {cached}"
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        save_stats(cached, mu, sigma, features)
+    except OSError as err:  # a read-only home: the numbers stand, only the cache is missing
+        note = f"statistics not cached: {first_line(err)}"
+    return Reference(mu, sigma, features, labels, info.class_names, f"{len(files)} images in {info.root} ({note})")
+
+
+@dataclass
+class Scores:
+    n: int
+    fid: float
+    kid: float
+    kid_std: float
+    reference: str
+    per_class: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"{metric_name('fid', self.n)}: {self.fid:.2f}",
+               f"{metric_name('kid', self.n)}: {self.kid:.4f} +- {self.kid_std:.4f}"]
+        return out + [f"{metric_name('fid', self.n)}/{name}: {value:.2f}" for name, value in self.per_class.items()]
+
+    def to_json(self) -> dict[str, Any]:
+        return {metric_name("fid", self.n): self.fid, metric_name("kid", self.n): self.kid,
+                metric_name("kid", self.n) + "_std": self.kid_std, "samples": self.n, "reference": self.reference,
+                "per_class": self.per_class}
+
+
+def scores(features: torch.Tensor, ref: Reference, labels: list[int] | None, class_names: list[str],
+           subsets: int, subset_size: int, seed: int = 0) -> Scores:
+    """FID and KID of ``features`` against the reference; per class where ``labels`` (into ``class_names``) and
+    a class-folder reference are both given."""
+    n = features.shape[0]
+    if n < 2:
+        raise ConfigError(f"FID needs at least 2 samples, got {n}")
+    kid_mean, kid_std = kid(features, ref.features, subsets, subset_size, seed)
+    result = Scores(n, fid_from_features(features, ref.mu, ref.sigma), kid_mean, kid_std, ref.source)
+    if labels is not None and ref.labels is not None:
+        for i, name in enumerate(class_names):
+            mine = features[[k for k, label in enumerate(labels) if label == i]]
+            j = ref.class_names.index(name)
+            theirs = ref.features[[k for k, label in enumerate(ref.labels) if label == j]].double()
+            if mine.shape[0] >= 2 and theirs.shape[0] >= 2:
+                mu, sigma = feature_stats(theirs)
+                result.per_class[name] = fid_from_features(mine, mu, sigma)
+    return result
+
+
+def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, n, size):
+        yield start, min(n, start + size)
+
+
+def evaluate_fid(req: FidConfig, progress: Progress | None = None) -> Scores:
+    """``iddm eval fid``: everything about the checkpoint is checked before any image is scored."""
+    if bool(req.images) == bool(req.checkpoint):
+        raise ConfigError("give what to score: --images DIR (a folder of images) or --ckpt CKPT (samples drawn from "
+                          "a checkpoint), not both")
+    device, device_note = select_device(req.device, req.use_gpu)
+    notes = [device_note] if device_note else []
+    loaded, labels, sampler, steps, cfg_scale, class_names = None, None, "", 0, 1.0, []
+    images: list[Path] = []
+    if req.checkpoint:
+        path = resolve_checkpoint(req.checkpoint)
+        ckpt, converted = load_diffusion_checkpoint(path, req)
+        notes += [converted] if converted else []
+        sampler, steps, cfg_scale = check_request(req, ckpt)
+        class_names = ckpt["data"]["class_names"]
+        ids = selected_classes(req, ckpt["data"])
+        if ids is not None:  # the same number of every selected class, in a fixed interleaved order
+            labels = [ids[k % len(ids)] for k in range(req.num)]
+        loaded = load_for_sampling(ckpt, req, device)
+        notes += loaded.notes
+    else:
+        if req.per_class:
+            raise ConfigError("--per-class: scores per class need a conditional --ckpt (a folder of images has no "
+                              "classes to draw)")
+        info = scan_dataset(req.images, False, key="--images")
+        images = [p for p, _ in info.samples]
+    net = InceptionFeatures(device)
+    ref = reference(req.ref, net, progress)
+    if req.per_class:
+        if labels is None:
+            raise ConfigError("--per-class: the checkpoint is unconditional")
+        missing = [name for name in class_names if name not in ref.class_names]
+        if ref.labels is None or missing:
+            raise ConfigError(f"--per-class: the reference {req.ref} needs one folder per class of the checkpoint"
+                              + (f" (missing: {', '.join(missing)})" if missing and ref.labels is not None else ""))
+    if loaded is None:
+        features = file_features(images, net, progress, "images")
+    else:
+        parts = []
+        for start, stop in _chunks(req.num, DRAW_CHUNK):
+            x = draw(loaded, labels[start:stop] if labels is not None else None, stop - start, sampler=sampler,
+                     steps=steps, cfg_scale=cfg_scale, eta=req.eta, seed=req.seed, batch_size=req.batch_size,
+                     device=device, first=start)
+            parts.append(net((x + 1) / 2))
+            if progress is not None:
+                progress("samples", stop, req.num)
+        features = torch.cat(parts)
+    result = scores(features, ref, labels if req.per_class else None, class_names, req.kid_subsets,
+                    req.kid_subset_size)
+    result.notes = notes
+    return result
+
+
+@torch.no_grad()
+def evaluate_reconstructions(req: ReconstructionEvalConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """``iddm eval vae``: PSNR (peak 1 on [0, 1] images), SSIM and, with ``fid``, the reconstruction FID of an
+    autoencoder on a folder, reconstructing from the posterior mean as validation does."""
+    device, _ = select_device(req.device)
+    codec = load_autoencoder(req.checkpoint, "CKPT", device=device)
+    net = InceptionFeatures(device) if req.fid else None  # a missing extra is reported before any work
+    info = scan_dataset(req.images, False, key="--images")
+    if info.channels != codec.channels:
+        raise DataError(f"--images {info.root}: {'gray' if info.channels == 1 else 'colour'} images, and the "
+                        f"autoencoder was trained on {'gray' if codec.channels == 1 else 'colour'} ones")
+    size = tuple(codec.record["image_size"])
+    loader = torch.utils.data.DataLoader(ImageFolderDataset(info, "resize", size), batch_size=req.batch_size,
+                                         collate_fn=collate)
+    totals, originals, recons, done = torch.zeros(2, dtype=torch.float64), [], [], 0
+    for x, _, _ in loader:
+        x = x.to(device)
+        mean, _ = codec.encode(x)
+        a, b = (x + 1) / 2, (codec.decode(mean) + 1) / 2
+        totals += torch.stack([psnr(a, b).clamp(max=PSNR_CAP).sum(), ssim(a, b).sum()]).cpu()
+        if net is not None:
+            originals.append(net(a))
+            recons.append(net(b))
+        done += len(x)
+        if progress is not None:
+            progress("images", done, len(info.samples))
+    out: dict[str, Any] = {"images": done, "psnr": totals[0].item() / done, "ssim": totals[1].item() / done,
+                           "image_size": list(size), "checkpoint": codec.record["path"]}
+    if net is not None:
+        if done < 2:
+            raise DataError(f"--images {info.root}: the reconstruction FID needs at least 2 images (or --no-fid)")
+        reference_features = torch.cat(originals)
+        mu, sigma = feature_stats(reference_features)
+        out[metric_name("rfid", done)] = fid_from_features(torch.cat(recons), mu, sigma)
+    return out
