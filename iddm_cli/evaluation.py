@@ -18,8 +18,8 @@ import torchvision.transforms.functional as TF
 
 from iddm_cli.config.commands import FidConfig, ReconstructionEvalConfig
 from iddm_cli.core.latent import load_autoencoder
-from iddm_cli.data.folder import ImageFolderDataset, collate, load_image, scan_dataset
-from iddm_cli.errors import ConfigError, DataError, first_line
+from iddm_cli.data.folder import DatasetInfo, ImageFolderDataset, collate, load_image, scan_dataset
+from iddm_cli.errors import ConfigError, DataError, StorageError, first_line
 from iddm_cli.metrics.fid import (
     InceptionFeatures,
     feature_stats,
@@ -68,9 +68,10 @@ class Reference:
 
 
 def file_features(paths: Sequence[Path], net: InceptionFeatures, progress: Progress | None = None,
-                  what: str = "images") -> torch.Tensor:
+                  what: str = "images", size: tuple[int, int] | None = None) -> torch.Tensor:
     """Features (N, 2048) of image files, in order; consecutive images of one shape go through the network
-    together. A file that does not decode is a DataError naming it."""
+    together. ``size``: resize each image to it first, as training does (antialiased bilinear). A file that does not
+    decode is a DataError naming it."""
     out: list[torch.Tensor] = []
     batch: list[torch.Tensor] = []
 
@@ -86,6 +87,8 @@ def file_features(paths: Sequence[Path], net: InceptionFeatures, progress: Progr
             image = load_image(path, 3)
         except (OSError, ValueError, SyntaxError) as err:
             raise DataError(f"cannot decode {path}: {first_line(err)}") from None
+        if size is not None:
+            image = TF.resize(image, list(size), antialias=True)
         x = TF.to_tensor(image)  # (3, H, W) in [0, 1]; gray files become 3 equal channels
         if batch and (x.shape != batch[0].shape or len(batch) == net.batch_size):
             flush()
@@ -94,35 +97,46 @@ def file_features(paths: Sequence[Path], net: InceptionFeatures, progress: Progr
     return torch.cat(out) if out else torch.empty(0, 2048, dtype=torch.float64)
 
 
-def reference(ref: str, net: InceptionFeatures, progress: Progress | None = None) -> Reference:
-    """A statistics file as it is, or an image folder's statistics, from the cache when its files are unchanged."""
-    path = Path(ref).expanduser()
-    if path.is_file():
+def reference_files(ref: str, key: str = "--ref") -> DatasetInfo | None:
+    """The images of a reference folder (checked: at least 2), or None for a statistics file. Cheap: headers only."""
+    if Path(ref).expanduser().is_file():
+        return None
+    info = scan_dataset(ref, "auto", key=key)
+    if len(info.samples) < 2:
+        raise DataError(f"{key} {info.root}: FID needs at least 2 reference images, found {len(info.samples)}")
+    return info
+
+
+def reference(ref: str, net: InceptionFeatures, progress: Progress | None = None, size: tuple[int, int] | None = None,
+              key: str = "--ref") -> Reference:
+    """A statistics file as it is, or an image folder's statistics (each image resized to ``size`` when given),
+    from the cache when its files are unchanged. The cache is a convenience: when it cannot be read or written,
+    the statistics are computed and the scores stand."""
+    info = reference_files(ref, key)
+    if info is None:
+        path = Path(ref).expanduser()
         mu, sigma, features = load_stats(path)
         return Reference(mu, sigma, features, None, [], f"statistics file {path}")
-    info = scan_dataset(ref, "auto", key="--ref")
     files = [p for p, _ in info.samples]
-    if len(files) < 2:
-        raise DataError(f"--ref {path}: FID needs at least 2 reference images, found {len(files)}")
-    cached = cache_dir() / f"{stats_key(files, PREPROCESSING)}.pt"
+    preprocessing = PREPROCESSING + (f", resized to {size[0]}x{size[1]}" if size else "")
+    cached = cache_dir() / f"{stats_key(files, preprocessing)}.pt"
     labels = [label for _, label in info.samples] if info.conditional else None
-    if cached.is_file():
-        try:
-            mu, sigma, features = load_stats(cached)
-            if features.shape[0] == len(files):
-                return Reference(mu, sigma, features, labels, info.class_names,
-                                 f"{len(files)} images in {info.root} (statistics cached in {cached})")
-        except DataError:
-            pass  # damaged: computed again below
-    features = file_features(files, net, progress, "reference")
+    what = f"{len(files)} images in {info.root}" + (f" at {size[0]}x{size[1]}" if size else "")
+    try:
+        mu, sigma, features = load_stats(cached, cached=True)
+        if features.shape[0] == len(files):
+            return Reference(mu, sigma, features, labels, info.class_names, f"{what} (statistics cached in {cached})")
+    except (DataError, OSError):
+        pass  # not there, damaged, or not readable: computed again below
+    features = file_features(files, net, progress, "reference", size)
     mu, sigma = feature_stats(features)
     note = f"statistics cached in {cached}"
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         save_stats(cached, mu, sigma, features)
-    except OSError as err:  # a read-only home: the numbers stand, only the cache is missing
-        note = f"statistics not cached: {first_line(err)}"
-    return Reference(mu, sigma, features, labels, info.class_names, f"{len(files)} images in {info.root} ({note})")
+    except (OSError, StorageError) as err:  # a read-only or full cache: only the cache is missing
+        note = f"statistics not cached: {err.problems[0] if isinstance(err, StorageError) else first_line(err)}"
+    return Reference(mu, sigma, features, labels, info.class_names, f"{what} ({note})")
 
 
 @dataclass
@@ -138,7 +152,7 @@ class Scores:
     def lines(self) -> list[str]:
         out = [f"{metric_name('fid', self.n)}: {self.fid:.2f}",
                f"{metric_name('kid', self.n)}: {self.kid:.4f} +- {self.kid_std:.4f}"]
-        return out + [f"{metric_name('fid', self.n)}/{name}: {value:.2f}" for name, value in self.per_class.items()]
+        return out + [f"{name}: {value:.2f}" for name, value in self.per_class.items()]
 
     def to_json(self) -> dict[str, Any]:
         return {metric_name("fid", self.n): self.fid, metric_name("kid", self.n): self.kid,
@@ -160,9 +174,9 @@ def scores(features: torch.Tensor, ref: Reference, labels: list[int] | None, cla
             mine = features[[k for k, label in enumerate(labels) if label == i]]
             j = ref.class_names.index(name)
             theirs = ref.features[[k for k, label in enumerate(ref.labels) if label == j]].double()
-            if mine.shape[0] >= 2 and theirs.shape[0] >= 2:
+            if mine.shape[0] >= 2 and theirs.shape[0] >= 2:  # named with the class's own sample count
                 mu, sigma = feature_stats(theirs)
-                result.per_class[name] = fid_from_features(mine, mu, sigma)
+                result.per_class[f"{metric_name('fid', mine.shape[0])}/{name}"] = fid_from_features(mine, mu, sigma)
     return result
 
 
@@ -197,15 +211,18 @@ def evaluate_fid(req: FidConfig, progress: Progress | None = None) -> Scores:
                               "classes to draw)")
         info = scan_dataset(req.images, False, key="--images")
         images = [p for p, _ in info.samples]
-    net = InceptionFeatures(device)
-    ref = reference(req.ref, net, progress)
+    ref_info = reference_files(req.ref)  # checked before any image is scored
     if req.per_class:
         if labels is None:
             raise ConfigError("--per-class: the checkpoint is unconditional")
-        missing = [name for name in class_names if name not in ref.class_names]
-        if ref.labels is None or missing:
+        missing = [name for name in class_names if ref_info is None or name not in ref_info.class_names]
+        if ref_info is None or not ref_info.conditional or missing:
             raise ConfigError(f"--per-class: the reference {req.ref} needs one folder per class of the checkpoint"
-                              + (f" (missing: {', '.join(missing)})" if missing and ref.labels is not None else ""))
+                              + (f" (missing: {', '.join(missing)})" if ref_info is not None and ref_info.conditional
+                                 else ""))
+    net = InceptionFeatures(device)
+    size = tuple(loaded.ckpt["data"]["image_size"]) if loaded is not None else None  # compared at the model's size
+    ref = reference(req.ref, net, progress, size)
     if loaded is None:
         features = file_features(images, net, progress, "images")
     else:

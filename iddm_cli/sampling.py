@@ -178,7 +178,7 @@ def draw(loaded: Loaded, labels: list[int] | None, n: int, *, sampler: str, step
         y = torch.tensor(labels[start:stop], device=device) if labels is not None else None
         x = sample(counted, loaded.diffusion, noise[start:stop].to(device), y, sampler=sampler, steps=steps,
                    cfg_scale=cfg_scale if y is not None else 1.0, eta=eta, generators=gens[start:stop],
-                   clip=ckpt["latent"]["clip"] if codec is not None else 1.0)
+                   clip=ckpt["latent"].get("clip") if codec is not None else 1.0)
         if codec is not None:  # latents, scaled to unit variance in training, decode to images
             x = codec.decode(x / ckpt["latent"]["scale"])
         images.append(x.cpu())

@@ -37,7 +37,7 @@ def test_metric_names_carry_the_sample_count():
 
 
 @needs_weights
-def test_a_folder_against_itself_and_against_another(invoke, tmp_path, cache):
+def test_a_folder_against_itself_and_against_another(invoke, tmp_path, cache, monkeypatch):
     a = make_dataset(tmp_path / "a", None, per_class=6, size=16)
     b = make_dataset(tmp_path / "b", None, per_class=6, mode="L", size=16)
     for path in b.iterdir():  # another distribution: inverted gray pictures
@@ -55,6 +55,14 @@ def test_a_folder_against_itself_and_against_another(invoke, tmp_path, cache):
     stats = next(cache.glob("*.pt"))  # a statistics file serves as a reference too
     again = invoke("eval", "fid", "--ref", stats, "--images", b)
     assert again.exit_code == 0 and again.stdout == other.stdout
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    monkeypatch.setenv("IDDM_CACHE_DIR", str(blocked / "fid"))  # a cache that cannot be written costs only time
+    again = invoke("eval", "fid", "--ref", a, "--images", b)
+    assert again.exit_code == 0 and again.stdout == other.stdout
+    assert "statistics not cached" in " ".join(again.output.split())
+    not_stats = invoke("eval", "fid", "--ref", tmp_path / "a" / "0.png", "--images", b)
+    assert not_stats.exit_code == 3 and "delete it" not in not_stats.output
 
 
 @needs_weights
@@ -66,7 +74,7 @@ def test_samples_of_a_checkpoint_per_class(invoke, tmp_path):
                     "--per-class", "--json")
     assert result.exit_code == 0, result.output
     scores = json.loads(result.stdout)
-    assert scores["fid6"] > 0 and set(scores["per_class"]) == {"cat", "dog"}
+    assert scores["fid6"] > 0 and set(scores["per_class"]) == {"fid3/cat", "fid3/dog"}
     assert not (tmp_path / "run" / "samples").exists()  # nothing written beside the run
 
 

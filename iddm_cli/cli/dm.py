@@ -44,8 +44,9 @@ def _execute(job: Any, dry_run: bool | None) -> None:
     if result.previews:
         what = "reconstructions" if result.previews[-1].name.startswith("recon_") else "samples"
         err_console.print(f"{what}: {result.previews[-1]}", markup=False, highlight=False)
-    if (result.run_dir / "ckpt_best.pt").is_file():
-        err_console.print(f"best checkpoint: {result.run_dir / 'ckpt_best.pt'}", markup=False, highlight=False)
+    for best in ("ckpt_best.pt", "ckpt_best_fid.pt"):
+        if (result.run_dir / best).is_file():
+            err_console.print(f"best checkpoint: {result.run_dir / best}", markup=False, highlight=False)
 
 
 def _resume(run_dir: Any, flags: dict[str, Any], start_epoch: int | None, force: bool | None,

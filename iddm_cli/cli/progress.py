@@ -60,6 +60,11 @@ class RichReporter(Reporter):
         if "val_psnr" in summary:  # an autoencoder's: shown on a terminal and in logs alike
             validation = (f", val PSNR {summary['val_psnr']:.2f} dB, SSIM {summary['val_ssim']:.4f}"
                           + (" (best: ckpt_best.pt)" if summary.get("best") else ""))
+        for key, value in summary.items():  # in-training evaluation: fid1k, kid1k
+            if key.startswith(("fid", "kid")) and key != "fid_improved":
+                validation += f", {key} {value:.4g}"
+        if summary.get("fid_improved"):
+            validation += " (best: ckpt_best_fid.pt)"
         if self.progress is not None:
             preview = f", preview {summary['preview']}" if "preview" in summary else ""
             self.progress.console.print(f"epoch {summary['epoch']}: mean loss {summary['loss']:.4f}{validation}"

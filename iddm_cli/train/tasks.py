@@ -51,6 +51,8 @@ class DiffusionTask:
         self.cache: tuple[torch.Tensor, torch.Tensor] | None = None  # posterior (mean, std) of every image
         evaluated = (state or {}).get("eval") or {}
         self.best_fid, self.best_fid_epoch = evaluated.get("best_fid", math.inf), evaluated.get("best_epoch", 0)
+        self.reference_key = session.c.eval.eval_ref or session.c.data.dataset_path
+        self.best_metric = tuple(evaluated.get("metric") or ()) or None  # (fid name, reference) of the record
         self.fid_improved = False
         self.last_fid: tuple[str, float] | None = None  # (metric, value) of this epoch's evaluation
         self.inception: Any = None  # rank 0's network and reference, loaded at the first evaluation
@@ -61,7 +63,7 @@ class DiffusionTask:
         if c.model.cache_latents:
             self.cache = self._encode(range(len(plan.data.samples)))
         stored = (state or {}).get("latent")
-        self.scale, self.clip = (stored["scale"], stored["clip"]) if stored else self._measure_scale()
+        self.scale, self.clip = (stored["scale"], stored.get("clip")) if stored else self._measure_scale()
         session.notes.append(f"latent scale {self.scale:.5g}, range +-{self.clip:.3g}" + (
             " (from the checkpoint)" if stored else " (measured: unit variance on the training data)"))
 
@@ -127,7 +129,8 @@ class DiffusionTask:
     # checkpoints and previews -----------------------------------------------------------------------------
     def payload(self) -> dict[str, Any]:
         out: dict[str, Any] = {"diffusion": self.diffusion.describe(),
-                               "eval": {"best_fid": self.best_fid, "best_epoch": self.best_fid_epoch}}
+                               "eval": {"best_fid": self.best_fid, "best_epoch": self.best_fid_epoch,
+                                        "metric": list(self.best_metric) if self.best_metric else None}}
         if self.codec is not None:
             out["latent"] = {"scale": self.scale, "clip": self.clip, "autoencoder": self.codec.record,
                              "shape": list(self.s.plan.sample_shape)}
@@ -135,40 +138,46 @@ class DiffusionTask:
 
     def before_save(self, done: int) -> dict[str, Any]:
         """FID and KID of eval_num samples from the EMA weights, every eval_interval epochs and after the last: every
-        rank samples its share (as for previews), rank 0 scores them."""
+        rank samples its share of each chunk (as for previews), rank 0 scores it. The reference is the training
+        images (or eval_ref) at the training size."""
         c, s = self.s.c, self.s
         self.fid_improved, self.last_fid = False, None
         if not c.eval.eval_interval or (done % c.eval.eval_interval and done != c.train.epochs):
             return {}
-        data = s.plan.data
-        n = c.eval.eval_num
-        labels = None
-        if data.conditional:
-            labels = torch.arange(n, device=s.device) % len(data.class_names)
-        g = torch.Generator().manual_seed(c.train.seed + 1)  # the same noise every time: epochs compare
-        images = self.generate(torch.randn(n, *s.plan.sample_shape, generator=g).to(s.device), labels,
-                               c.eval.eval_steps)
-        if images is None:
-            return {}
-        from iddm_cli.evaluation import metric_name, scores
+        from iddm_cli.evaluation import DRAW_CHUNK, metric_name, scores
 
-        net, ref = self._scorer()
-        result = scores(net((images + 1) / 2), ref, None, [], 100, 1000)
+        data, n = s.plan.data, c.eval.eval_num
+        labels = torch.arange(n, device=s.device) % len(data.class_names) if data.conditional else None
+        g = torch.Generator().manual_seed(c.train.seed + 1)  # the same noise every time: epochs compare
+        features = []
+        for lo in range(0, n, DRAW_CHUNK):
+            hi = min(n, lo + DRAW_CHUNK)
+            noise = torch.randn(hi - lo, *s.plan.sample_shape, generator=g).to(s.device)
+            images = self.generate(noise, labels[lo:hi] if labels is not None else None, c.eval.eval_steps)
+            if images is not None:  # rank 0
+                features.append(self._scorer()[0]((images + 1) / 2))
+        if not features:
+            return {}
+        result = scores(torch.cat(features), self._scorer()[1], None, [], 100, 1000)
         fid_name = metric_name("fid", n)
+        if self.best_metric != (fid_name, self.reference_key):  # another sample count or reference: a new record
+            self.best_fid, self.best_fid_epoch, self.best_metric = math.inf, 0, (fid_name, self.reference_key)
         self.fid_improved = result.fid < self.best_fid
         if self.fid_improved:
             self.best_fid, self.best_fid_epoch = result.fid, done
         self.last_fid = (fid_name, result.fid)
-        return {fid_name: result.fid, metric_name("kid", n): result.kid, "best_fid": self.fid_improved}
+        return {fid_name: result.fid, metric_name("kid", n): result.kid, "fid_improved": self.fid_improved}
 
     def _scorer(self) -> tuple[Any, Any]:
+        """Rank 0's network and reference, loaded at the first evaluation (the checks ran when the run was planned)."""
         if self.inception is None:
             from iddm_cli.evaluation import reference
             from iddm_cli.metrics.fid import InceptionFeatures
 
             c = self.s.c
             self.inception = InceptionFeatures(self.s.device)
-            self.reference = reference(c.eval.eval_ref or c.data.dataset_path, self.inception)
+            self.reference = reference(c.eval.eval_ref or c.data.dataset_path, self.inception,
+                                       size=self.s.plan.image_size, key="eval.eval_ref")
             self.s.logger.log(f"evaluation reference: {self.reference.source}")
         return self.inception, self.reference
 
