@@ -217,7 +217,9 @@ def test_stats_round_trip_and_damaged_files(tmp_path):
     with pytest.raises(DataError, match="no reference statistics file"):
         load_stats(tmp_path / "none.pt")
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(DataError, match="delete it"):
+    with pytest.raises(DataError, match="delete it"):  # a file of the cache may go
+        load_stats(path, cached=True)
+    with pytest.raises(DataError, match="give an image folder"):  # the user's own file is never to be deleted
         load_stats(path)
     torch.save({"format": "iddm-fid-stats", "mu": mu, "sigma": sigma[:3], "features": features}, path)
     with pytest.raises(DataError, match="not an iddm reference-statistics file"):
