@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from iddm_cli.config import Config, config_from_dict
-from iddm_cli.config.loader import coerce
-from iddm_cli.config.schema import schema_of
+from iddm_cli.config.loader import coerce, kind_of
+from iddm_cli.config.schema import SCHEMAS, schema_of
 from iddm_cli.core.checkpoint import load_checkpoint, numbered_checkpoints
 from iddm_cli.core.devices import World
 from iddm_cli.core.latent import LatentCodec, load_autoencoder
@@ -104,10 +104,10 @@ def _check_record(toml: Path, path: Path, state: dict[str, Any]) -> dict[str, An
                           "was created: restore it from a backup, or copy the settings from `iddm resume --dry-run` "
                           "of a copy of the run") from None
     created = state.get("created_config")
-    if schema_of(recorded) is not schema_of(config_from_dict(state["config"], str(path))):
+    written_by = SCHEMAS[kind_of(state["config"])]  # the kind alone: the config itself is checked below
+    if schema_of(recorded) is not written_by:
         raise ConfigError(f"{toml} is for `{schema_of(recorded).command}` and {path} was written by "
-                          f"`{schema_of(config_from_dict(state['config'], str(path))).command}`: the run directory "
-                          "is mixed up; restore its config.toml")
+                          f"`{written_by.command}`: the run directory is mixed up; restore its config.toml")
     reference = config_from_dict(created or state["config"], f"{path} (the config saved in it)")
     keys = [spec for name, spec in schema_of(reference).fields.items() if created or not spec.resumable]
     differ = [f"{spec.dotted} ({_value(reference, spec)!r} in {path.name}, {_value(recorded, spec)!r} in config.toml)"
