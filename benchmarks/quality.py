@@ -9,12 +9,16 @@ Without --train/--ref it builds both from Debian's dataset-fashion-mnist (apt-ge
 --per-class training images of each class from the train split and --ref-per-class images of each class from the
 test split, padded from 28 to 32 px. Training runs `iddm dm train` and is stopped by SIGINT when the budget is
 spent (it saves and exits 130, as Ctrl-C does); the scores come from `iddm eval fid` on the saved checkpoint.
-Prints a Markdown table: sampler, steps, fid, kid, and the sampling and scoring wall times. Needs the eval extra.
+Prints a Markdown table: sampler, steps, network evaluations per sample (NFE, before guidance doubles them), fid,
+kid, and the sampling and scoring wall time. --jobs N scores N rows at once, each process on cores/N threads (on 2
+CPU cores, two 1-thread processes do 1.2x the work of one 2-thread process); a row's wall time is then its own
+process's. Needs the eval extra.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import gzip
 import json
 import os
@@ -25,9 +29,12 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from PIL import Image, ImageOps
 
 from iddm_cli.diffusion.registry import SAMPLERS
+from iddm_cli.diffusion.samplers import timesteps
+from iddm_cli.diffusion.schedule import Diffusion
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ["tshirt-top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
@@ -58,8 +65,11 @@ def write_split(split: str, out: Path, per_class: int) -> Path:
     return out
 
 
-def iddm(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "iddm_cli", *map(str, args)], capture_output=True, text=True)
+def iddm(*args: str, threads: int | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    return subprocess.run([sys.executable, "-m", "iddm_cli", *map(str, args)], capture_output=True, text=True, env=env)
 
 
 def train(args: argparse.Namespace, data: Path, run_dir: Path) -> float:
@@ -93,6 +103,7 @@ def main() -> None:
     parser.add_argument("--samplers", default=",".join(SAMPLERS))
     parser.add_argument("--out", type=Path, default=Path("bench-quality"))
     parser.add_argument("--checkpoint", type=Path, help="score this checkpoint instead of training")
+    parser.add_argument("--jobs", type=int, default=1, help="rows scored at once, each on cores/jobs threads")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     data = args.train or write_split("train", args.out / "train", args.per_class)
@@ -104,20 +115,30 @@ def main() -> None:
         print(f"# trained {args.profile} on {data} for {seconds:.0f} s", flush=True)
     cached = json.loads(iddm("eval", "fid", "--ref", ref, "--images", ref, "--json").stdout or "{}")  # caches it
     print(f"# reference: {ref} ({cached.get('samples', '?')} images, statistics cached)", flush=True)
-    print("| sampler | steps | fid | kid | wall s |\n|---|---|---|---|---|", flush=True)
-    for sampler in args.samplers.split(","):
-        for steps in map(int, args.steps.split(",")):
-            start = time.perf_counter()
-            result = iddm("eval", "fid", "--ref", ref, "--ckpt", run, "--sampler", sampler, "--steps", steps,
-                          "--num", args.num, "--json")
-            wall = time.perf_counter() - start
-            if result.returncode:
-                print(f"| {sampler} | {steps} | error: {result.stderr.strip().splitlines()[-1]} | | |", flush=True)
-                continue
-            scores = json.loads(result.stdout)
-            fid = next(v for k, v in scores.items() if k.startswith("fid"))
-            kid = next(v for k, v in scores.items() if k.startswith("kid") and not k.endswith("_std"))
-            print(f"| {sampler} | {steps} | {fid:.2f} | {kid:.4f} | {wall:.0f} |", flush=True)
+    ckpt = torch.load(run if run.is_file() else run / "ckpt_last.pt", map_location="cpu", weights_only=True)
+    diffusion = Diffusion(ckpt["diffusion"]["name"], ckpt["diffusion"]["noise_steps"])
+    rows = [(sampler, steps) for sampler in args.samplers.split(",") for steps in map(int, args.steps.split(","))]
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+
+    def score(row: tuple[str, int]) -> str:
+        sampler, steps = row
+        start = time.perf_counter()
+        result = iddm("eval", "fid", "--ref", ref, "--ckpt", run, "--sampler", sampler, "--steps", steps,
+                      "--num", args.num, "--json", threads=threads if args.jobs > 1 else None)
+        wall = time.perf_counter() - start
+        nfe = SAMPLERS[sampler].nfe(len(timesteps(diffusion, steps)))
+        if result.returncode:
+            return f"| {sampler} | {steps} | {nfe} | error: {result.stderr.strip().splitlines()[-1]} | | |"
+        scores = json.loads(result.stdout)
+        fid = next(v for k, v in scores.items() if k.startswith("fid"))
+        kid = next(v for k, v in scores.items() if k.startswith("kid") and not k.endswith("_std"))
+        return f"| {sampler} | {steps} | {nfe} | {fid:.2f} | {kid:.4f} | {wall:.0f} |"
+
+    print(f"| sampler | steps | NFE | fid{args.num // 1000}k | kid{args.num // 1000}k | wall s |",
+          "|---|---|---|---|---|---|", sep="\n", flush=True)
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        for line in pool.map(score, rows):  # in table order, each as soon as it and those above it are done
+            print(line, flush=True)
 
 
 if __name__ == "__main__":
