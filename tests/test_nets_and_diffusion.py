@@ -78,6 +78,19 @@ def test_timesteps_spacing():
     assert max(gaps) - min(gaps) < 1e-6  # uniform in log-SNR
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "sqrt"])
+def test_one_step_crosses_a_clamped_schedule_tail(schedule):
+    # beta is clamped at 0.999 on the last step of these schedules: alpha_bar falls ~1000-fold between 998 and 999
+    d = Diffusion(schedule, 1000)
+    assert d.t_top == 998 and Diffusion("linear", 1000).t_top == 999
+    grid = timesteps(d, 20)
+    assert len(grid) == 20 and grid[:2] == [999.0, 998.0] and grid[-1] == 0
+    assert sum(998 < t < 999 for t in grid) == 0  # was 4 when the grid spread over the whole log-SNR range
+    lams = [float(d.lambda_at(t)) for t in grid[1:]]
+    gaps = [b - a for a, b in zip(lams, lams[1:], strict=False)]
+    assert max(gaps) - min(gaps) < 1e-6  # uniform in log-SNR below the tail
+
+
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_every_sampler_recovers_a_gaussian(name, schedule):

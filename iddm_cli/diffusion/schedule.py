@@ -55,6 +55,12 @@ class Diffusion:
         self.T = noise_steps
         betas = SCHEDULES[schedule](noise_steps)
         self.betas = betas.float()
+        # The schedules clamp beta at 0.999; where they do (the last step of cosine and sqrt), alpha_bar falls by
+        # orders of magnitude in one step. ``t_top``: the last step before that clamped tail (T-1 when none).
+        top, clamped = noise_steps - 1, (betas >= 0.999).tolist()
+        while top > 0 and clamped[top]:
+            top -= 1
+        self.t_top = top
         self.alpha_bar = torch.cumprod(1 - betas, dim=0).float()  # (T,)
         # log alpha_bar in float64 for real-valued steps; computed once, samplers query it every step
         self.log_abar = torch.cumsum(torch.log1p(-self.betas.double()), 0)
