@@ -8,8 +8,12 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${RUNS:-$(mktemp -d)}"
-GPUS=$(python -c "import torch; print(torch.cuda.device_count())")
 failed=0
+GPUS=$(python -c "import torch; print(torch.cuda.device_count())" 2>/dev/null)
+if ! [[ "$GPUS" =~ ^[0-9]+$ ]] || [ "$GPUS" -lt 1 ]; then
+  echo "FAILED: no CUDA GPU visible to torch (device_count: '${GPUS}')"
+  exit 1
+fi
 step() { printf '\n== %s\n' "$*"; }
 run() {
   local t0=$SECONDS
@@ -17,6 +21,9 @@ run() {
   echo "-- $((SECONDS - t0)) s"
 }
 speed() { grep -o '[0-9.]* img/s' "$1/train.log" | tail -n 3 | tr '\n' ' '; echo; }
+# every launched run logs its DDP consistency check ("ddp check: ... identical on all N ranks"); missing fails
+ddp_check() { grep "ddp check: .* identical on all" "$1/train.log" \
+  || { echo "FAILED: no ddp consistency line in $1/train.log"; failed=1; }; }
 
 step "devices"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -31,13 +38,15 @@ run iddm sample "$RUNS/smoke" --sampler dpmpp2m --num 8 --out "$RUNS/smoke-sampl
 step "torchrun, one process: the NCCL process-group path that multi-node runs take"
 run python -m torch.distributed.run --standalone --nproc-per-node 1 --no-python iddm dm train --profile demo --epochs 2 --amp \
   --result-path "$RUNS" --run-name torchrun1 --log-every 38
-grep "ddp check" "$RUNS/torchrun1/train.log"
+ddp_check "$RUNS/torchrun1"
 
-if [ "$GPUS" -gt 1 ]; then
+if [ "$GPUS" -eq 1 ]; then
+  echo "one GPU: the self-launched DDP step needs two and is skipped"
+else
   step "DDP over $GPUS GPUs (self-launched), demo profile, 3 epochs"
   run iddm dm train --profile demo --epochs 3 --amp --result-path "$RUNS" --run-name ddp --log-every 19
   speed "$RUNS/ddp"
-  grep "ddp check" "$RUNS/ddp/train.log"
+  ddp_check "$RUNS/ddp"
 fi
 
 step "throughput: unet base 64, 64x64, batch 32, one GPU"

@@ -21,7 +21,7 @@ from iddm_cli import __version__
 from iddm_cli.config.commands import SampleConfig
 from iddm_cli.config.loader import name_problem
 from iddm_cli.core.checkpoint import strip_prefix
-from iddm_cli.core.devices import parse_device, visible_gpus
+from iddm_cli.core.devices import parse_device, use_device, visible_gpus
 from iddm_cli.core.iddm_import import load_any
 from iddm_cli.core.images import PIL_FORMATS, save_grid, to_uint8
 from iddm_cli.core.latent import LatentCodec, load_autoencoder
@@ -153,6 +153,7 @@ class Loaded:
 def load_for_sampling(ckpt: dict[str, Any], req: SampleRequest, device: torch.device) -> Loaded:
     """The network (EMA weights unless ``req.ema`` is off), the schedule and the verified autoencoder."""
     codec, codec_note = _codec(req, ckpt, device)
+    use_device(device)
     weights = "ema" if req.ema and ckpt.get("ema") else "model"
     model = build_stored(ckpt["network"])
     model.load_state_dict(strip_prefix(ckpt[weights]))

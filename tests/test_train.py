@@ -166,3 +166,20 @@ def test_explain_shows_sources(invoke, tmp_path):
     lines = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") >= 3}
     assert str(profile) in lines["optim.lr"] and "--set" in lines["train.seed"]
     assert "--epochs" in lines["train.epochs"] and "default" in lines["data.batch_size"]
+
+
+@pytest.mark.parametrize(("capability", "expected"), [
+    ((7, 0), (torch.float16, True)), ((7, 5), (torch.float16, True)),
+    ((8, 0), (torch.bfloat16, False)), ((9, 0), (torch.bfloat16, False)),
+])
+def test_amp_on_cuda_is_chosen_by_compute_capability(monkeypatch, capability, expected):
+    # V100 (7.0) and T4 (7.5) report is_bf16_supported() True (emulated, slower than fp32): they must get fp16
+    from iddm_cli.train.plan import select_amp
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    dtype, scaler, note = select_amp(torch.device("cuda", 0), True)
+    assert (dtype, scaler) == expected
+    assert (note is not None) == scaler and (note is None or f"{capability[0]}.{capability[1]}" in note)
+    assert select_amp(torch.device("cuda", 0), False) == (None, False, None)
+

@@ -83,6 +83,22 @@ def parse_device(spec: str, key: str = "--device") -> tuple[str, int | None]:
     return kind, int(index) if index else None
 
 
+def use_device(device: torch.device) -> None:
+    """Make ``device`` this process's current GPU (else kernels and caches land on GPU 0 too) and let fp32 matrix
+    products and convolutions use TF32 tensor cores (Ampere and newer; 10-bit mantissa, fp32 range). cuDNN
+    convolutions do by default; matrix products do not, which would leave fp32 attention and linear layers at full
+    fp32 cost. Nothing changes on a CPU."""
+    if device.type != "cuda":
+        return
+    torch.cuda.set_device(device)
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 

@@ -62,6 +62,7 @@ class Diffusion:
             top -= 1
         self.t_top = top
         self.alpha_bar = torch.cumprod(1 - betas, dim=0).float()  # (T,)
+        self._abar_on = self.alpha_bar  # alpha_bar on the device q_sample last ran on
         # log alpha_bar in float64 for real-valued steps; computed once, samplers query it every step
         self.log_abar = torch.cumsum(torch.log1p(-self.betas.double()), 0)
 
@@ -96,5 +97,7 @@ class Diffusion:
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps."""
-        abar = self.alpha_bar.to(x0.device)[t].view(-1, *([1] * (x0.dim() - 1)))  # (B, 1, 1, 1)
+        if self._abar_on.device != x0.device:  # copied once per device, not every step (a blocking copy on CUDA)
+            self._abar_on = self.alpha_bar.to(x0.device)
+        abar = self._abar_on[t].view(-1, *([1] * (x0.dim() - 1)))  # (B, 1, 1, 1)
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise

@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from iddm_cli.core import checkpoint as ckpt
-from iddm_cli.core.devices import SINGLE, World
+from iddm_cli.core.devices import SINGLE, World, use_device
 from iddm_cli.core.reporting import Reporter, SilentReporter
 from iddm_cli.core.rundir import NullLogger, RunLock, RunLogger, supersede, write_run_files
 from iddm_cli.data.folder import EpochSampler, collate
@@ -67,6 +67,7 @@ class Session:
         c = plan.config
         self.plan, self.c, self.reporter, self.logger, self.world = plan, c, reporter, logger, world
         self.device = plan.device
+        use_device(self.device)
         self.model = plan.model.to(self.device).train()
         self.net = self.model  # what the step calls: the DDP wrapper under a process group
         if world.launched:  # every parameter is used every step, so no find_unused_parameters

@@ -143,13 +143,18 @@ def checkpoint_bytes(model: nn.Module) -> int:
 
 
 def select_amp(device: torch.device, enabled: bool) -> tuple[torch.dtype | None, bool, str | None]:
-    """(autocast dtype or None, use a GradScaler, note): bf16 where the hardware has it, else fp16 on CUDA."""
+    """(autocast dtype or None, use a GradScaler, note): bf16 where the hardware has it, else fp16 on CUDA.
+
+    On CUDA by compute capability: bf16 tensor cores start at 8.0 (Ampere). ``torch.cuda.is_bf16_supported()``
+    is also true on V100 and T4, where bf16 is emulated and slower than fp32; fp16 is native there."""
     if not enabled:
         return None, False, None
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
+        major, minor = torch.cuda.get_device_capability(device)
+        if major >= 8:
             return torch.bfloat16, False, None
-        return torch.float16, True, "this GPU has no bf16: --amp uses fp16 with a GradScaler"
+        return torch.float16, True, (f"this GPU (compute capability {major}.{minor}) has no bf16 tensor cores: "
+                                     "--amp uses fp16 with a GradScaler")
     if torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return torch.bfloat16, False, None
     return None, False, "this CPU has no bf16 support: --amp is ignored and training stays in fp32"
