@@ -126,3 +126,39 @@ def test_declared_network_calls_match_the_real_ones(name):
         calls.clear()
         sample(Counting(d, 0.0, 0.5), d, torch.zeros(2, 1, 2, 2), None, sampler=name, steps=steps)
         assert len(calls) == SAMPLERS[name].nfe(len(timesteps(d, steps)))
+
+
+@pytest.mark.parametrize(("name", "expected"), [("adm-xs", 1_772_707), ("adm-s", 6_998_339), ("adm-m", 39_691_139)])
+def test_adm_sizes_are_named_and_fix_their_width(name, expected):
+    # the size fixes every width: base_channels does not change the network
+    for base in (4, 64):
+        model = build_network(name, in_channels=3, out_channels=3, base_channels=base, num_classes=0, act="silu")
+        assert count_parameters(model) == expected
+    conditional = build_network(name, in_channels=3, out_channels=3, num_classes=10, act="silu")
+    emb_dim = 4 * model.inc.out_channels
+    assert count_parameters(conditional) == expected + 11 * emb_dim  # 10 classes + the null class
+
+
+def test_adm_shapes_zero_start_null_class_and_low_resolution_attention():
+    from iddm_cli.nets.adm import Attention
+
+    torch.manual_seed(0)
+    model = build_network("adm-xs", in_channels=1, out_channels=1, num_classes=3, act="silu")
+    x, t = torch.randn(2, 1, 32, 16), torch.tensor([0, 999])
+    out = model(x, t, torch.tensor([0, 2]))
+    assert out.shape == (2, 1, 32, 16)
+    assert torch.count_nonzero(out) == 0  # zero-initialised output convolution: the first prediction is 0
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[-2:]))
+             for m in model.modules() if isinstance(m, Attention)]
+    torch.optim.SGD(model.parameters(), lr=0.1).zero_grad()
+    (model(x, t) - x).square().mean().backward()  # the gradient reaches the zero-initialised convolution
+    assert model.out[-1].weight.grad.abs().sum() > 0
+    for hook in hooks:
+        hook.remove()
+    assert seen and all(h <= 32 // 4 and w <= 16 // 4 for h, w in seen)  # attention at 1/4 resolution and below
+    with torch.no_grad():
+        for p in model.parameters():  # past the zero start, where every residual branch still adds nothing
+            p.normal_(0, 0.1)
+        assert torch.equal(model(x, t), model(x, t, torch.tensor([3, 3])))  # no label: the learned null class
+        assert not torch.equal(model(x, t), model(x, t, torch.tensor([0, 1])))

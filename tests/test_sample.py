@@ -136,3 +136,14 @@ def test_missing_and_corrupt_checkpoints(tmp_path):
     result = run(tmp_path / "bad.pt")
     assert result.exit_code == 2 and "truncated or not a PyTorch checkpoint" in result.output
     assert run().exit_code == 2
+
+
+def test_an_adm_checkpoint_samples_with_no_model_flags(tmp_path):
+    data = make_dataset(tmp_path / "d", ["cat", "dog"], mode="L")
+    trained = DMTrainer(dataset_path=str(data), result_path=str(tmp_path), run_name="adm", reporter=SilentReporter(),
+                        network="adm-xs", **{**TINY, "image_size": 16}).train()
+    result = run(trained.run_dir, "--sampler", "dpmpp2m", "--steps", "3", "--num", "2", "--out", tmp_path / "s")
+    assert result.exit_code == 0, result.output
+    images = pixels(tmp_path / "s")
+    assert sorted(images) == ["cat_0000.png", "cat_0001.png", "dog_0000.png", "dog_0001.png"]
+    assert all(a.shape == (16, 16) for a in images.values())

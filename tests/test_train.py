@@ -183,3 +183,21 @@ def test_amp_on_cuda_is_chosen_by_compute_capability(monkeypatch, capability, ex
     assert (note is not None) == scaler and (note is None or f"{capability[0]}.{capability[1]}" in note)
     assert select_amp(torch.device("cuda", 0), False) == (None, False, None)
 
+
+def test_dry_run_counts_the_networks_flops_on_a_meta_copy(cond_data, tmp_path):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for network in ("unet", "adm-xs"):
+        flags = {"dataset_path": str(cond_data), "result_path": str(tmp_path), "image_size": 16, "base_channels": 8,
+                 "network": network}
+        plan = plan_training(resolve(flags=flags).config)
+        x, t, y = torch.randn(1, *plan.sample_shape), torch.tensor([5]), torch.tensor([1])
+        # the real network on real numbers; attention in plain matrix products (torch has no FLOP formula for the
+        # CPU's fused attention kernel, so it would count nothing for it)
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():
+            plan.model(x, t, y)
+        assert plan.forward_gflop() == pytest.approx(counter.get_total_flops() / 1e9) and counter.get_total_flops() > 0
+        assert any("GFLOP per sample" in line for line in plan.describe(cost=True))
+        assert not any("GFLOP" in line for line in plan.describe())
+    assert not any(p.is_meta for p in plan.model.parameters())  # the plan's own network is untouched

@@ -445,7 +445,7 @@ def _check_diffusion(c: Config, h: int, w: int, bad: Any) -> None:
             bad(name, "only applies to latent diffusion: add --latent, or drop it")
     net = NETWORKS[c.model.network]  # the network's own size rules, from its registry entry
     multiple = net.width_multiple
-    if c.model.base_channels % multiple:
+    if net.uses_base_channels and c.model.base_channels % multiple:
         bad("base_channels", f"{c.model.base_channels} is not a multiple of {multiple}, which {c.model.network} "
                              "needs (its attention has 4 heads)")
     divisor = net.size_divisor

@@ -76,11 +76,17 @@ class DataConfig:
 class ModelConfig:
     PANEL: ClassVar[str] = "Model"
 
-    network: str = opt("unet", "Denoising network.", choices=C.NETWORKS)
+    network: str = opt("unet", "Denoising network: unet and cspdarkunet are IDDM's; adm-xs, adm-s and adm-m an "
+                       "ADM-style U-Net in three sizes (residual blocks, scale-shift conditioning, attention at 1/4 "
+                       "of the resolution and below). --dry-run shows parameters and GFLOP.", choices=C.NETWORKS)
     base_channels: int = opt(64, "Network width: channels of the first U-Net stage (64 = IDDM's unet; "
-                             "cspdarkunet uses half of it at its stem). "
+                             "cspdarkunet uses half of it at its stem; the adm networks' sizes fix their widths). "
                              + "; ".join(f"{name}: a multiple of {net.width_multiple}, image sides divisible by "
-                                         f"{net.size_divisor}" for name, net in NETWORKS.items()) + ".", ge=4, le=1024)
+                                         f"{net.size_divisor}" for name, net in NETWORKS.items()
+                                         if net.uses_base_channels)
+                             + "; " + ", ".join(f"{name}: image sides divisible by {net.size_divisor}"
+                                                for name, net in NETWORKS.items() if not net.uses_base_channels)
+                             + ".", ge=4, le=1024)
     act: str = opt("gelu", "Activation used throughout the network.", choices=C.ACTIVATIONS)
     latent: bool = opt(False, "Latent diffusion: train in the latent space of a frozen autoencoder "
                        "(--autoencoder-ckpt, from `iddm vae train`); image_size stays the image size.", short="-l",

@@ -21,12 +21,23 @@ class NetworkSpec:
     width_multiple: int  # base_channels must be a multiple of it (4 attention heads on the narrowest stage)
     size_divisor: int  # image height and width must be divisible by it (the down-sampling stages)
     summary: str
+    size: str | None = None  # a named size that fixes every width: base_channels does not apply
+
+    @property
+    def uses_base_channels(self) -> bool:
+        return self.size is None
 
 
 NETWORKS: dict[str, NetworkSpec] = {
     "unet": NetworkSpec("iddm_cli.nets.unet:UNet", 4, 8, "IDDM's U-Net: 3 down/up stages with self-attention"),
     "cspdarkunet": NetworkSpec("iddm_cli.nets.cspdarkunet:CSPDarkUNet", 8, 16,
                                "IDDM's CSPDarknet U-Net: 4 stages, a stem of half the base width"),
+    "adm-xs": NetworkSpec("iddm_cli.nets.adm:ADMUNet", 1, 4, "ADM-style U-Net, 32-64 channels, 3 levels (1.8 M)",
+                          size="xs"),
+    "adm-s": NetworkSpec("iddm_cli.nets.adm:ADMUNet", 1, 4, "ADM-style U-Net, 64-128 channels, 3 levels (7.0 M)",
+                         size="s"),
+    "adm-m": NetworkSpec("iddm_cli.nets.adm:ADMUNet", 1, 8, "ADM-style U-Net, 128-256 channels, 4 levels (40 M)",
+                         size="m"),
 }
 
 
@@ -48,10 +59,13 @@ FLAVOR_KWARGS = ("time_embedding", "up_block")  # how a network computes, beyond
 
 
 def build_network(name: str, **kwargs: Any) -> nn.Module:
-    """kwargs: in_channels, out_channels, base_channels, num_classes, act, time_embedding, and for cspdarkunet
-    up_block (stored in checkpoints as-is); an autoencoder's: in_channels, latent_channels, base_channels,
-    downsample, act."""
-    module, _, cls = {**NETWORKS, **AUTOENCODER_NETWORKS}[name].factory.partition(":")
+    """kwargs: in_channels, out_channels, base_channels (ignored by a network of a named size), num_classes, act,
+    time_embedding, and for cspdarkunet up_block (stored in checkpoints as-is); an autoencoder's: in_channels,
+    latent_channels, base_channels, downsample, act."""
+    spec = {**NETWORKS, **AUTOENCODER_NETWORKS}[name]
+    module, _, cls = spec.factory.partition(":")
+    if spec.size is not None:  # the name fixes the widths
+        kwargs = {k: v for k, v in kwargs.items() if k != "base_channels"} | {"size": spec.size}
     return getattr(importlib.import_module(module), cls)(**kwargs)
 
 

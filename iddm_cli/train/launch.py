@@ -52,7 +52,7 @@ def execute(job: Job, reporter: Reporter, dry_run: bool = False) -> TrainResult 
         return run_worker(job, world, reporter)
     plan, state, notes = prepare(job)
     quiet = world is not None and not world.is_main
-    for line in notes + (plan.describe() if dry_run else []):
+    for line in notes + (plan.describe(cost=True) if dry_run else []):
         if not quiet:
             reporter.info(line)
     if dry_run:

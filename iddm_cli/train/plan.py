@@ -23,7 +23,7 @@ from iddm_cli.core.rundir import check_free_space, check_writable, claim_run_dir
 from iddm_cli.data.folder import DatasetInfo, scan_dataset
 from iddm_cli.errors import ConfigError, DataError
 from iddm_cli.metrics.fid import inception_path
-from iddm_cli.nets import NETWORKS, build_network, count_parameters, flavor_of
+from iddm_cli.nets import NETWORKS, build_network, build_stored, count_parameters, flavor_of
 
 
 @dataclass
@@ -94,7 +94,22 @@ class Plan:
     def total_steps(self) -> int:
         return self.steps_per_epoch * self.config.train.epochs
 
-    def describe(self) -> list[str]:
+    def forward_gflop(self) -> float:
+        """GFLOP (multiply-adds count 2) of one forward pass for one sample, counted by torch's FlopCounterMode on
+        a copy of the network on the meta device: nothing is computed or allocated."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with torch.device("meta"):
+            model = build_stored(self.network)
+            x = torch.zeros(1, *self.sample_shape)  # (1, C, H, W)
+            t = torch.zeros(1, dtype=torch.long)
+            y = torch.zeros(1, dtype=torch.long) if self.data.conditional else None
+            with FlopCounterMode(display=False) as counter, torch.no_grad():
+                model(x, t, y)
+        return counter.get_total_flops() / 1e9
+
+    def describe(self, cost: bool = False) -> list[str]:
+        """The plan in lines, as the log and ``--dry-run`` show it; ``cost``: with the network's GFLOP per sample."""
         c = self.config
         amp = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}
         h, w = self.image_size
@@ -108,10 +123,12 @@ class Plan:
             ]
         else:
             c_, sh, sw = self.sample_shape
+            width = f" base {c.model.base_channels}" if NETWORKS[self.network["name"]].uses_base_channels else ""
             task = [
                 f"data:      {self.data.summary()}",
-                f"model:     {self.network['name']} base {c.model.base_channels}, act {c.model.act}, "
-                f"{count_parameters(self.model):,} parameters, {c_}x{sh}x{sw}",
+                f"model:     {self.network['name']}{width}, act {c.model.act}, "
+                f"{count_parameters(self.model):,} parameters, {c_}x{sh}x{sw}"
+                + (f", {self.forward_gflop():.2f} GFLOP per sample and network call" if cost else ""),
                 f"diffusion: T={c.diffusion.noise_steps}, {c.diffusion.noise_schedule} schedule, epsilon prediction, "
                 f"{c.optim.loss} loss",
             ]
@@ -215,7 +232,9 @@ def plan_training(config: Any, run_dir: Path | None = None, world: World | None 
                 trained = "x".join(map(str, codec.record["image_size"]))
                 codec_notes.append(f"note: the autoencoder was trained on {trained} images and this run's are {h}x{w}")
         kwargs = {"in_channels": channels, "out_channels": channels,
-                  "base_channels": config.model.base_channels, "num_classes": len(data.class_names),
+                  **({"base_channels": config.model.base_channels}
+                     if NETWORKS[config.model.network].uses_base_channels else {}),
+                  "num_classes": len(data.class_names),
                   "act": config.model.act, "time_embedding": "iddm",
                   **({"up_block": "csp"} if config.model.network == "cspdarkunet" else {}),  # stored, as the others
                   **(flavor_of(network, config.model.network) if network is not None else {})}
