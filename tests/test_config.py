@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from iddm_cli.config import FIELDS, check_runnable, resolve, to_toml
-from iddm_cli.config.loader import config_from_dict, parse_image_size
+from iddm_cli.config.loader import config_from_dict, parse_duration, parse_image_size
 from iddm_cli.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -97,6 +97,23 @@ def test_invalid_toml_names_the_file(tmp_path):
 ])
 def test_image_size_spellings(text, expected):
     assert parse_image_size(text) == expected
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("90s", 90), ("10m", 600), ("2h", 7200), ("1h30m", 5400), ("1.5h", 5400), ("45", 45), (" 7.5 ", 7.5),
+    ("0s", None), ("", None), ("10x", None), ("1h30", None), ("m", None), ("-5s", None),
+])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+def test_max_time_and_kimg_are_checked(invoke, tmp_path):
+    for args, message in [(["--max-time", "10x"], "train.max_time: '10x': expected a duration such as 90s"),
+                          (["--max-time", "1m", "--kimg", "5"], "train.kimg: and train.max_time both set")]:
+        result = invoke("dm", "train", "--profile", "demo", *args, "--result-path", tmp_path)
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert result.output.count("error:") == 1
+    assert not any(tmp_path.iterdir())
 
 
 def test_types_and_bounds():

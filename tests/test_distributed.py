@@ -104,6 +104,19 @@ def test_two_processes_self_launched_and_under_torchrun_train_the_same_run(tmp_p
     assert_same_weights(run, tmp_path / "out" / "torchrun")
 
 
+def test_a_max_time_run_agrees_on_one_length_across_processes(tmp_path):
+    data = make_dataset(tmp_path / "d", ["a", "b", "c"], per_class=6)
+    result = iddm("dm", "train", "--dataset-path", data, "--result-path", tmp_path, *TINY_DDP, "--max-time", "15s",
+                  "--nproc", "2", "--vis", "--num-vis", "2", "--vis-steps", "3", "--run-name", "timed")
+    assert result.returncode == 0, result.stderr
+    log = (tmp_path / "timed" / "train.log").read_text()
+    assert log.count("so the run takes") == 1  # rank 0's measurement, sent to the other rank
+    assert len(re.findall(r"ddp check: parameters and EMA identical on all 2 ranks", log)) == 2
+    progress = load_checkpoint(tmp_path / "timed" / "ckpt_last.pt")["progress"]
+    assert progress["step"] == progress["total_steps"] > 13
+    assert (tmp_path / "timed" / "vis" / f"ema_{progress['epoch']:03d}.png").is_file()  # the final preview
+
+
 def test_a_failing_worker_ends_the_job_with_its_own_error(tmp_path):
     data = make_dataset(tmp_path / "d", ["a", "b"], per_class=8)
     (data / "a" / "cut.jpg").write_bytes(truncated_jpeg())  # the header reads; decoding fails in one rank

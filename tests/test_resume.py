@@ -134,3 +134,32 @@ def test_a_checkpoint_saved_under_ddp_loads_on_one_device(tmp_path, invoke):
     assert result.exit_code == 0, result.output
     plan, state, _ = plan_resume(run, {"epochs": 2})
     assert train(plan, SilentReporter(), state=state).steps == 6
+
+
+def test_a_max_time_run_fixes_its_length_once_and_resumes_to_exactly_it(tmp_path, invoke):
+    # constant learning rate: a --max-time run of T steps must then be bit-identical to a --kimg run of T steps,
+    # so the speed measurement changes nothing, and the resumed run keeps the T it measured before
+    data = make_dataset(tmp_path / "d", ["a", "b", "c"], per_class=6)  # 18 images, batch 4: 5 steps per epoch
+    common = {**SETTINGS, "dataset_path": str(data), "result_path": str(tmp_path), "lr_func": "linear"}
+    with pytest.raises(Interrupted):  # at step 14, after the length was fixed at step 13
+        DMTrainer(run_name="timed", max_time="12s", reporter=InterruptAt(2, 4), **common).train()
+    cut = load_checkpoint(tmp_path / "timed" / "ckpt_last.pt")["progress"]
+    total = cut["total_steps"]
+    assert cut["step"] == 14 and total > 14
+    log = (tmp_path / "timed" / "train.log").read_text()
+    assert f"so the run takes {total} steps" in log
+
+    plan, state, _ = plan_resume(tmp_path / "timed", {})
+    train(plan, SilentReporter(), state=state)
+    timed, wt = weights(tmp_path / "timed")
+    assert timed["progress"]["step"] == timed["progress"]["total_steps"] == total
+    assert (tmp_path / "timed" / "train.log").read_text().count("so the run takes") == 1  # not measured again
+
+    counted = DMTrainer(run_name="counted", kimg=total * 4 / 1000, reporter=SilentReporter(), **common).train()
+    kimg, wk = weights(counted.run_dir)
+    assert kimg["progress"]["step"] == kimg["progress"]["total_steps"] == total
+    assert kimg["progress"]["epoch"] == -(-total // 5)  # the last, partial epoch counts as done
+    assert not [k for k in wt if not torch.equal(wt[k], wk[k])]
+
+    result = invoke("resume", tmp_path / "timed")
+    assert result.exit_code == 2 and f"--max-time 12s: {total} steps, all done" in " ".join(result.output.split())

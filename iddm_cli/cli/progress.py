@@ -35,7 +35,7 @@ class RichReporter(Reporter):
     def info(self, message: str) -> None:
         self.console.print(message, markup=False, highlight=False, soft_wrap=True)
 
-    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
+    def start_epoch(self, epoch: int, epochs: int | str, steps: int) -> None:
         if not self.live:
             return
         if self.progress is None:

@@ -18,7 +18,7 @@ class Reporter:
     def info(self, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
+    def start_epoch(self, epoch: int, epochs: int | str, steps: int) -> None:
         pass
 
     def step(self, done: int, loss: float) -> None:
@@ -65,7 +65,7 @@ class ForwardingReporter(Reporter):
     def info(self, message: str) -> None:
         self._send("info", message)
 
-    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
+    def start_epoch(self, epoch: int, epochs: int | str, steps: int) -> None:
         self._send("start_epoch", epoch, epochs, steps)
 
     def step(self, done: int, loss: float) -> None:

@@ -13,6 +13,7 @@ scale sent by rank 0, the autoencoder's validation sums and the sharded previews
 
 from __future__ import annotations
 
+import io
 import math
 import random
 import signal
@@ -58,6 +59,12 @@ def step_generator(seed: int, step: int, device: torch.device, rank: int = 0) ->
     return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step + rank * 0x9E3779B97F4A7C15) % 2**63)
 
 
+WARM_STEPS = 3  # --max-time: steps left out of the speed measurement (allocation, caches, DataLoader start)
+MEASURED_STEPS = 10  # --max-time: steps timed to fix the run's length
+BUDGET_RESERVE = 0.02  # --max-time: the share of the budget kept back for the estimates' errors
+UNPLANNED = 2**62  # the schedule's length before a --max-time run has fixed it: its start, as if endless
+
+
 class Session:
     """The state of one training run: model, EMA, optimizer, data, logs, and the per-step update; ``task`` is what
     is learned. ``state``: the training state a resumed run continues from."""
@@ -93,6 +100,76 @@ class Session:
         self.stop_signal: int | None = None  # set by the SIGINT/SIGTERM handler
         self.agreed_stop: int | None = None  # the signal every rank acts on, agreed after each step
         self.bad_files: set[str] = set()  # files that failed to decode; replaced, never a crash
+        # the run's length in steps: --epochs or --kimg; a --max-time run fixes it after measuring (or resumes it)
+        self.total = plan.total_steps
+        self.by_steps = bool(c.train.kimg or c.train.max_time)  # the run ends at a step count, not an epoch count
+        self.started = time.monotonic()  # --max-time counts from here
+        self.first_step = 0  # the step this process started (or resumed) at
+        self._clock: tuple[int, float] | None = None  # (step, time) where the speed measurement began
+
+    # the run's length ----------------------------------------------------------------------------------------
+    def finished(self) -> bool:
+        """The step budget of a --kimg or --max-time run is spent (it may end inside an epoch). Runs of --epochs end
+        by the epoch count alone: their step count is in the units of the process count that made each step."""
+        return self.by_steps and self.total is not None and self.step >= self.total
+
+    def last_epoch(self, done: int) -> bool:
+        """Whether ``done`` completed epochs end the run: the final preview and evaluation are due."""
+        return self.finished() if self.by_steps else done >= self.c.train.epochs
+
+    def epochs_label(self) -> str:
+        """The epoch count for progress lines: --epochs, or the epochs a step budget spans ('?' until fixed)."""
+        if not self.by_steps:
+            return str(self.c.train.epochs)
+        return str(math.ceil(self.total / self.plan.steps_per_epoch)) if self.total is not None else "?"
+
+    def _plan_length(self, epoch: int, batch: int) -> None:
+        """--max-time: time MEASURED_STEPS steps after WARM_STEPS, then fix the step count so that the steps, every
+        epoch end to come (checkpoint, preview, evaluation, validation: each estimated from a timed pass) and the
+        final one fit in what is left of the budget. Every rank reaches these steps together; rank 0 decides."""
+        done = self.step - self.first_step
+        if done == WARM_STEPS:
+            self._clock = (self.step, time.monotonic())
+        if done != WARM_STEPS + MEASURED_STEPS or self._clock is None:
+            return
+        total, lines = None, []
+        if self.world.is_main:
+            per_step = (time.monotonic() - self._clock[1]) / (self.step - self._clock[0])
+            end_cost, save = self.task.end_cost(), self._save_seconds(epoch, batch + 1)
+            left = self.plan.budget_s * (1 - BUDGET_RESERVE) - (time.monotonic() - self.started)
+            spe, pos = self.plan.steps_per_epoch, epoch * self.plan.steps_per_epoch + batch + 1
+
+            def seconds(total: int) -> float:  # from now to the end of a run of ``total`` steps
+                last = math.ceil((pos + total - self.step) / spe)
+                ends = sum(save + end_cost(d, d == last) for d in range(epoch + 1, last + 1))
+                return (total - self.step) * per_step + ends
+
+            lo, hi = self.step, self.step + max(0, math.floor(left / per_step))
+            while lo < hi:  # the longest run that fits; seconds() grows with the step count
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if seconds(mid) <= left else (lo, mid - 1)
+            total = lo
+            ends = seconds(total) - (total - self.step) * per_step
+            lines.append(f"--max-time {self.c.train.max_time}: {per_step * 1000:.0f} ms per step and {ends:.1f} s of "
+                         f"epoch ends, so the run takes {total} steps ({total / spe:.2f} epochs); the learning-rate "
+                         "schedule follows that count")
+            if seconds(total) > left:
+                used = time.monotonic() - self.started
+                lines.append(f"warning: --max-time {self.c.train.max_time} is too short: {used:.1f} s went to the "
+                             f"first {self.step - self.first_step} steps and {ends:.1f} s are still needed for the "
+                             "last epoch end (checkpoint, preview, evaluation); the run ends now and overruns it")
+        if self.world.launched:
+            total = dist.broadcast_object(total, self.world, "the --max-time plan")
+        self.total = total
+        for line in lines:
+            self.logger.log(line)
+            self.reporter.info(line)
+
+    def _save_seconds(self, epochs_done: int, position: int) -> float:
+        """Seconds to serialise this run's checkpoint (written to memory), times 1.5 for the disk."""
+        start = time.perf_counter()
+        torch.save(self.checkpoint_payload(epochs_done, position), io.BytesIO())
+        return 1.5 * (time.perf_counter() - start)
 
     def autocast(self) -> AbstractContextManager:
         return torch.autocast(self.device.type, dtype=self.plan.amp_dtype or torch.float32,
@@ -123,8 +200,9 @@ class Session:
         # 1. this step's own generator (seed, rank, step): every random draw of the step comes from it
         g = step_generator(c.train.seed, self.step, self.device, self.world.rank)
 
-        # 2. learning rate, per step (not per epoch; the first step already trains)
-        lr = c.optim.lr * self.lr_func(sched_step, self.plan.total_steps, self.warmup)
+        # 2. learning rate, per step (not per epoch; the first step already trains). A --max-time run's first
+        # steps, before its length is fixed, take the schedule's start (as if the run were endless)
+        lr = c.optim.lr * self.lr_func(sched_step, self.total if self.total is not None else UNPLANNED, self.warmup)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
@@ -205,7 +283,7 @@ class Session:
         """Train one epoch from batch ``start`` (non-zero when a run resumes mid-epoch)."""
         c, spe = self.c, self.plan.steps_per_epoch
         self.sampler.set_epoch(epoch, start * c.data.batch_size)  # data order: a function of (seed, epoch)
-        self.reporter.start_epoch(epoch, c.train.epochs, spe)
+        self.reporter.start_epoch(epoch, self.epochs_label(), spe)
         window: list[float] = []
         epoch_losses: list[float] = []
         t0, images = time.perf_counter(), 0
@@ -216,12 +294,14 @@ class Session:
                 self.reporter.info(f"warning: skipped a file that failed to decode (the next image took its "
                                    f"place): {path}")
             out = self.train_step(x0, y, epoch * spe + i)
+            if self.total is None:
+                self._plan_length(epoch, i)
             images += x0.shape[0]
             if out is not None:
                 window.append(out[0])
                 epoch_losses.append(out[0])
                 self.reporter.step(i + 1, out[0])
-            if self.step % c.train.log_every == 0 or i + 1 == spe:
+            if self.step % c.train.log_every == 0 or i + 1 == spe or self.finished():
                 elapsed = time.perf_counter() - t0
                 self._log_status(epoch, i + 1, window, out, images * self.world.size / max(elapsed, 1e-9))
                 window, t0, images = [], time.perf_counter(), 0
@@ -231,14 +311,15 @@ class Session:
                 self.save(epoch, position=i + 1)
                 self.stop_requested()  # a collective: no rank leaves before rank 0 has written the checkpoint
                 raise Interrupted(self.agreed_stop, self.plan.run_dir)
+            if self.finished():  # the step budget ends inside this epoch: the epoch end comes now
+                break
         return sum(epoch_losses) / len(epoch_losses) if epoch_losses else float("nan")
 
     def _log_status(self, epoch: int, done: int, window: list[float], last: Any, ips: float) -> None:
-        c = self.c
         loss = sum(window) / len(window) if window else float("nan")
         grad = last[1] if last else float("nan")
         lr = self.optimizer.param_groups[0]["lr"]
-        line = (f"epoch {epoch + 1}/{c.train.epochs} step {done}/{self.plan.steps_per_epoch} "
+        line = (f"epoch {epoch + 1}/{self.epochs_label()} step {done}/{self.plan.steps_per_epoch} "
                 f"(total {self.step}) loss {loss:.4f} lr {lr:.2e} grad {grad:.3f} {ips:.1f} img/s")
         self.logger.log(line)
         self.logger.metrics({"event": "train", "step": self.step, "epoch": epoch + 1, "loss": loss, "lr": lr,
@@ -257,7 +338,8 @@ class Session:
                      "class_names": data.class_names, "class_counts": data.class_counts},
             **self.task.payload(),
             "versions": ckpt.versions(),
-            "progress": {"epoch": epochs_done, "step": self.step, "skipped_steps": self.skipped,
+            "progress": {"epoch": epochs_done, "step": self.step, "total_steps": self.total,
+                         "skipped_steps": self.skipped,
                          "skipped_files": sorted(self.bad_files), "position": position,
                          "world_size": self.world.size},
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
@@ -306,6 +388,8 @@ class Session:
             self.scaler.load_state_dict(state["scaler"])
         progress = state["progress"]
         self.step, self.skipped = progress["step"], progress["skipped_steps"]
+        if self.by_steps and progress.get("total_steps") is not None:  # the length it was given or measured
+            self.total = progress["total_steps"]
         self.bad_files = set(progress.get("skipped_files", []))
         rng = state.get("rng") or {}
         if "torch" in rng:
@@ -377,16 +461,18 @@ def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, An
             logger.log(dist.check_consistency(world, _weights(session)))
         restore_signals = stop_on_signals(session)
         last, mean_loss = run_dir / "ckpt_last.pt", float("nan")
-        for epoch in range(start_epoch, c.train.epochs):
+        session.first_step = session.step
+        epoch = start_epoch
+        while not session.finished() and (session.by_steps or epoch < c.train.epochs):
             mean_loss = session.run_epoch(epoch, position if epoch == start_epoch else 0)
-            done = epoch + 1
+            done, epoch = epoch + 1, epoch + 1  # a step budget's last, partial epoch counts as done
             summary = {"event": "epoch", "step": session.step, "epoch": done, "loss": mean_loss,
                        "skipped_steps": session.skipped, "skipped_files": len(session.bad_files)}
             summary.update(session.task.before_save(done))  # validation, which the checkpoint records
             last = session.save(done)
             summary.update(session.task.after_save(done, last))  # previews, the best checkpoint
             logger.metrics(summary)
-            logger.log(f"epoch {done}/{c.train.epochs} done: mean loss {mean_loss:.4f}"
+            logger.log(f"epoch {done}/{session.epochs_label()} done: mean loss {mean_loss:.4f}"
                        + session.task.describe_epoch())
             reporter.end_epoch(epoch, summary)
             if session.stop_requested() is not None:

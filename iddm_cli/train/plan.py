@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from iddm_cli.config import Config, image_hw
+from iddm_cli.config.loader import parse_duration
 from iddm_cli.config.schema import VAE, schema_of
 from iddm_cli.core.checkpoint import load_pretrained
 from iddm_cli.core.devices import Layout, World, plan_layout
@@ -91,8 +92,30 @@ class Plan:
         self.notes += load_pretrained(self.model, ckpt, path)
 
     @property
-    def total_steps(self) -> int:
-        return self.steps_per_epoch * self.config.train.epochs
+    def total_steps(self) -> int | None:
+        """Optimizer steps of the whole run: --epochs x steps per epoch, or --kimg in global batches; None for a
+        --max-time run, whose count is fixed once its first steps have measured the speed."""
+        t = self.config.train
+        if t.max_time:
+            return None
+        if t.kimg:
+            return max(1, math.ceil(t.kimg * 1000 / (self.config.data.batch_size * self.world_size)))
+        return self.steps_per_epoch * t.epochs
+
+    @property
+    def budget_s(self) -> float | None:
+        """--max-time in seconds, or None."""
+        return parse_duration(self.config.train.max_time) if self.config.train.max_time else None
+
+    def _length(self) -> str:
+        t, spe = self.config.train, self.steps_per_epoch
+        if t.max_time:
+            return (f"--max-time {t.max_time} ({self.budget_s:g} s): the step count is fixed after the first steps "
+                    f"measure the speed; {spe} steps per epoch")
+        if t.kimg:
+            return (f"{t.kimg:g} kimg = {self.total_steps} steps ({self.total_steps / spe:.2f} epochs of "
+                    f"{spe} steps)")
+        return f"{t.epochs} epochs x {spe} steps = {self.total_steps} steps"
 
     def forward_gflop(self) -> float:
         """GFLOP (multiply-adds count 2) of one forward pass for one sample, counted by torch's FlopCounterMode on
@@ -144,7 +167,7 @@ class Plan:
             f"device:    {self.device} ({amp[self.amp_dtype]})" if self.world_size == 1 else
             f"device:    {self.world_size} processes, {self.layout.kind} ({amp[self.amp_dtype]}), DDP over "
             f"{self.layout.backend}",
-            f"schedule:  {c.train.epochs} epochs x {self.steps_per_epoch} steps = {self.total_steps} steps, "
+            f"schedule:  {self._length()}, "
             + (f"batch {c.data.batch_size}" if self.world_size == 1 else
                f"batch {c.data.batch_size} per process x {self.world_size} = {c.data.batch_size * self.world_size} "
                "global"),

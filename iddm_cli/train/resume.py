@@ -75,7 +75,13 @@ def plan_resume(run_dir: str | Path, overrides: dict[str, Any], start_epoch: int
                           "continuing from an older one would replace them. Add --force to move them to "
                           f"{run}/superseded-<time>/ (nothing is deleted)")
     done, position = state["progress"]["epoch"], state["progress"].get("position", 0)
-    if done >= config.train.epochs:
+    total = state["progress"].get("total_steps")
+    if config.train.kimg or config.train.max_time:  # a step budget: --epochs plays no part
+        if total is not None and state["progress"]["step"] >= total:
+            length = f"--max-time {config.train.max_time}" if config.train.max_time else f"--kimg {config.train.kimg:g}"
+            raise ConfigError(f"{path} is the end of its run ({length}: {total} steps, all done); nothing is left to "
+                              f"train. To train on, start a new run from it: --pretrain --pretrain-path {path}")
+    elif done >= config.train.epochs:
         state_is = f"is the state after {done} epochs" + (f" and {position} batches" if position else "")
         raise ConfigError(f"{path} {state_is}, and the run has train.epochs = {config.train.epochs}: nothing is "
                           f"left to train; extend it with --epochs {done + 10}, for example")

@@ -9,7 +9,8 @@ Every random draw of a step comes from the step's generator ``g`` (seed, rank, s
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,18 +19,38 @@ from torch.utils.data import DataLoader, Dataset
 
 from iddm_cli.core.images import save_grid
 from iddm_cli.data.folder import ImageFolderDataset, collate
+from iddm_cli.diffusion.registry import SAMPLERS
+from iddm_cli.diffusion.samplers import timesteps
 from iddm_cli.diffusion.schedule import Diffusion
 from iddm_cli.metrics.image import PSNR_CAP, psnr, ssim
 from iddm_cli.nets.autoencoder import vae_loss
 from iddm_cli.train import distributed as dist
 from iddm_cli.train.objectives import LOSSES
-from iddm_cli.train.preview import sharded_sample
+from iddm_cli.train.preview import PREVIEW_BATCH, sharded_sample
 
 if TYPE_CHECKING:
     from iddm_cli.train.engine import Session
 
 ENCODE_BATCH = 64
 SCALE_IMAGES = 512  # images the latent scale is measured on when latents are not cached
+
+
+@torch.no_grad()
+def forward_seconds(model: torch.nn.Module, shape: Sequence[int], device: torch.device, **kwargs: Any) -> float:
+    """Seconds of one no-grad forward pass of ``model`` on a zero batch of ``shape`` (the second of two, so that
+    allocation is not counted): the unit of the end-of-epoch cost estimates of a --max-time run."""
+    x = torch.zeros(*shape, device=device)
+    args = (x, torch.zeros(shape[0], dtype=torch.long, device=device)) if "labels" in kwargs else (x,)
+    extra = {"y": kwargs["labels"]} if kwargs.get("labels") is not None else {}
+    extra |= {k: v for k, v in kwargs.items() if k != "labels"}
+    model(*args, **extra)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    model(*args, **extra)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 class DiffusionTask:
@@ -142,7 +163,7 @@ class DiffusionTask:
         images (or eval_ref) at the training size."""
         c, s = self.s.c, self.s
         self.fid_improved, self.last_fid = False, None
-        if not c.eval.eval_interval or (done % c.eval.eval_interval and done != c.train.epochs):
+        if not c.eval.eval_interval or (done % c.eval.eval_interval and not s.last_epoch(done)):
             return {}
         from iddm_cli.evaluation import DRAW_CHUNK, metric_name, scores
 
@@ -193,10 +214,44 @@ class DiffusionTask:
 
     def after_save(self, done: int, last: Path) -> dict[str, Any]:
         c = self.s.c
-        if not (c.vis.vis and (done % c.vis.vis_interval == 0 or done == c.train.epochs)):
+        if not (c.vis.vis and (done % c.vis.vis_interval == 0 or self.s.last_epoch(done))):
             return {}
         path = self.preview(done)
         return {"preview": str(path.relative_to(self.s.plan.run_dir))} if path is not None else {}
+
+    def end_cost(self) -> Callable[[int, bool], float]:
+        """Seconds this rank will spend after the checkpoint of epoch end ``done`` (``last``: the run's last):
+        its preview and its evaluation's sampling, from one timed forward pass of a sampling batch. (FID scoring
+        itself is not in it.)"""
+        s, c = self.s, self.s.c
+        if not (c.vis.vis or c.eval.eval_interval):
+            return lambda done, last: 0.0
+        data, world = s.plan.data, s.world
+        guided = data.conditional and c.diffusion.cfg_scale != 1.0
+        batch = PREVIEW_BATCH
+        labels = torch.zeros(batch * (2 if guided else 1), dtype=torch.long, device=s.device) \
+            if data.conditional else None
+        was_training = s.ema.model.training
+        s.ema.model.eval()
+        call = forward_seconds(s.ema.model, (batch * (2 if guided else 1), *s.plan.sample_shape), s.device,
+                               labels=labels)
+        s.ema.model.train(was_training)
+
+        def sampling(n: int, steps: int) -> float:  # DDIM on this rank's share of n images, per image
+            calls = SAMPLERS["ddim"].nfe(len(timesteps(self.diffusion, steps)))
+            return math.ceil(n / world.size) / batch * calls * call
+
+        per = c.vis.num_vis if c.vis.num_vis > 0 else 8
+        preview = sampling(per * len(data.class_names) if data.conditional else per, c.vis.vis_steps)
+        evaluation = sampling(c.eval.eval_num, c.eval.eval_steps)
+
+        def cost(done: int, last: bool) -> float:
+            seconds = preview if c.vis.vis and (done % c.vis.vis_interval == 0 or last) else 0.0
+            if c.eval.eval_interval and (done % c.eval.eval_interval == 0 or last):
+                seconds += evaluation
+            return seconds
+
+        return cost
 
     def preview(self, epochs_done: int) -> Path | None:
         """A grid from the EMA weights, always from the same noise. Under DDP each rank samples its share of the
@@ -277,6 +332,16 @@ class AutoencoderTask:
         with s.autocast():
             recon, mean, logvar = s.net(x0, generator=g)
         return vae_loss(recon.float(), x0, mean.float(), logvar.float(), s.c.optim.kl_weight)[0]
+
+    def end_cost(self) -> Callable[[int, bool], float]:
+        """Seconds of this rank's validation and reconstruction grid at every epoch end, from one timed forward
+        pass of a validation batch."""
+        s = self.s
+        share = math.ceil(len(self.val) / s.world.size)
+        call = forward_seconds(s.ema.model, (min(ENCODE_BATCH, share), s.plan.data.channels, *s.plan.image_size),
+                               s.device, sample=False)
+        seconds = (math.ceil(share / ENCODE_BATCH) + 1) * call
+        return lambda done, last: seconds
 
     @torch.no_grad()
     def before_save(self, done: int) -> dict[str, Any]:
