@@ -35,6 +35,8 @@ from PIL import Image, ImageOps
 from iddm_cli.diffusion.registry import SAMPLERS
 from iddm_cli.diffusion.samplers import timesteps
 from iddm_cli.diffusion.schedule import Diffusion
+from iddm_cli.evaluation import metric_name, reference
+from iddm_cli.metrics.fid import InceptionFeatures
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ["tshirt-top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
@@ -105,6 +107,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, help="score this checkpoint instead of training")
     parser.add_argument("--jobs", type=int, default=1, help="rows scored at once, each on cores/jobs threads")
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error("--jobs: expected 1 or more")
     args.out.mkdir(parents=True, exist_ok=True)
     data = args.train or write_split("train", args.out / "train", args.per_class)
     ref = args.ref or write_split("t10k", args.out / "ref", args.ref_per_class)
@@ -113,10 +117,11 @@ def main() -> None:
     if args.checkpoint is None:
         seconds = train(args, data, run)
         print(f"# trained {args.profile} on {data} for {seconds:.0f} s", flush=True)
-    cached = json.loads(iddm("eval", "fid", "--ref", ref, "--images", ref, "--json").stdout or "{}")  # caches it
-    print(f"# reference: {ref} ({cached.get('samples', '?')} images, statistics cached)", flush=True)
     ckpt = torch.load(run if run.is_file() else run / "ckpt_last.pt", map_location="cpu", weights_only=True)
     diffusion = Diffusion(ckpt["diffusion"]["name"], ckpt["diffusion"]["noise_steps"])
+    # the reference's statistics at the model's size, cached once here, before the rows time anything
+    reference(str(ref), InceptionFeatures(), size=tuple(ckpt["data"]["image_size"]))
+    print(f"# reference: {ref} (statistics cached at {'x'.join(map(str, ckpt['data']['image_size']))})", flush=True)
     rows = [(sampler, steps) for sampler in args.samplers.split(",") for steps in map(int, args.steps.split(","))]
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
 
@@ -128,13 +133,14 @@ def main() -> None:
         wall = time.perf_counter() - start
         nfe = SAMPLERS[sampler].nfe(len(timesteps(diffusion, steps)))
         if result.returncode:
-            return f"| {sampler} | {steps} | {nfe} | error: {result.stderr.strip().splitlines()[-1]} | | |"
+            why = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
+            return f"| {sampler} | {steps} | {nfe} | error: {why} | | |"
         scores = json.loads(result.stdout)
         fid = next(v for k, v in scores.items() if k.startswith("fid"))
         kid = next(v for k, v in scores.items() if k.startswith("kid") and not k.endswith("_std"))
         return f"| {sampler} | {steps} | {nfe} | {fid:.2f} | {kid:.4f} | {wall:.0f} |"
 
-    print(f"| sampler | steps | NFE | fid{args.num // 1000}k | kid{args.num // 1000}k | wall s |",
+    print(f"| sampler | steps | NFE | {metric_name('fid', args.num)} | {metric_name('kid', args.num)} | wall s |",
           "|---|---|---|---|---|---|", sep="\n", flush=True)
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         for line in pool.map(score, rows):  # in table order, each as soon as it and those above it are done

@@ -7,6 +7,7 @@ The network and the preprocessing are the standard ones (:mod:`iddm_cli.metrics.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import torch
 import torchvision.transforms.functional as TF
 
 from iddm_cli.config.commands import FidConfig, ReconstructionEvalConfig
+from iddm_cli.core.devices import use_device
 from iddm_cli.core.latent import load_autoencoder
 from iddm_cli.data.folder import DatasetInfo, ImageFolderDataset, collate, load_image, scan_dataset
 from iddm_cli.errors import ConfigError, DataError, StorageError, first_line
@@ -185,12 +187,22 @@ def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(n, start + size)
 
 
+def sample_grid(folder: Path) -> Path | None:
+    """The grid file `iddm sample` wrote into ``folder`` (named in its manifest.json), or None."""
+    try:
+        name = json.loads((folder / "manifest.json").read_text(encoding="utf-8")).get("grid")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return folder / name if isinstance(name, str) and (folder / name).is_file() else None
+
+
 def evaluate_fid(req: FidConfig, progress: Progress | None = None) -> Scores:
     """``iddm eval fid``: everything about the checkpoint is checked before any image is scored."""
     if bool(req.images) == bool(req.checkpoint):
         raise ConfigError("give what to score: --images DIR (a folder of images) or --ckpt CKPT (samples drawn from "
                           "a checkpoint), not both")
     device, device_note = select_device(req.device, req.use_gpu)
+    use_device(device)
     notes = [device_note] if device_note else []
     loaded, labels, sampler, steps, cfg_scale, class_names = None, None, "", 0, 1.0, []
     images: list[Path] = []
@@ -210,8 +222,13 @@ def evaluate_fid(req: FidConfig, progress: Progress | None = None) -> Scores:
             raise ConfigError("--per-class: scores per class need a conditional --ckpt (a folder of images has no "
                               "classes to draw)")
         info = scan_dataset(req.images, False, key="--images")
-        images = [p for p, _ in info.samples]
+        grid = sample_grid(info.root)
+        images = [p for p, _ in info.samples if p != grid]
+        notes += info.notes + ([f"left out {grid.name}: the grid of `iddm sample`, not a sample"] if grid else [])
+        if len(images) < 2:
+            raise DataError(f"--images {info.root}: FID needs at least 2 images, found {len(images)}")
     ref_info = reference_files(req.ref)  # checked before any image is scored
+    notes += ref_info.notes if ref_info is not None else []
     if req.per_class:
         if labels is None:
             raise ConfigError("--per-class: the checkpoint is unconditional")
@@ -246,6 +263,7 @@ def evaluate_reconstructions(req: ReconstructionEvalConfig, progress: Progress |
     """``iddm eval vae``: PSNR (peak 1 on [0, 1] images), SSIM and, with ``fid``, the reconstruction FID of an
     autoencoder on a folder, reconstructing from the posterior mean as validation does."""
     device, _ = select_device(req.device)
+    use_device(device)
     codec = load_autoencoder(req.checkpoint, "CKPT", device=device)
     net = InceptionFeatures(device) if req.fid else None  # a missing extra is reported before any work
     info = scan_dataset(req.images, False, key="--images")

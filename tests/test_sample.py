@@ -147,3 +147,6 @@ def test_an_adm_checkpoint_samples_with_no_model_flags(tmp_path):
     images = pixels(tmp_path / "s")
     assert sorted(images) == ["cat_0000.png", "cat_0001.png", "dog_0000.png", "dog_0001.png"]
     assert all(a.shape == (16, 16) for a in images.values())
+    from iddm_cli.core.checkpoint import load_checkpoint
+
+    assert load_checkpoint(trained.checkpoint)["network"]["kwargs"]["size"] == "xs"  # stored, not only named

@@ -90,7 +90,7 @@ def use_device(device: torch.device) -> None:
     fp32 cost. Nothing changes on a CPU."""
     if device.type != "cuda":
         return
-    torch.cuda.set_device(device)
+    torch.cuda.set_device(device.index if device.index is not None else torch.cuda.current_device())
     if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9
         torch.backends.cuda.matmul.fp32_precision = "tf32"
         torch.backends.cudnn.conv.fp32_precision = "tf32"

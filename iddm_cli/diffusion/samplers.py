@@ -44,7 +44,7 @@ def timesteps(diffusion: Diffusion, steps: int) -> list[float]:
         return [float(t) for t in range(T - 1, -1, -1)]
     if steps <= 1:
         return [float(T - 1)]
-    top = diffusion.t_top if steps > 2 else T - 1  # below the clamped tail, if there is one
+    top = diffusion.t_top if steps > 3 else T - 1  # below the clamped tail, if there is one and steps to spare
     head = [float(T - 1)] if top < T - 1 else []
     n = steps - len(head)  # grid points from top down to 0, both included
     lam_hi, lam_lo = float(diffusion.lambda_at(top)), float(diffusion.lambda_at(0))

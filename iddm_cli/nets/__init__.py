@@ -64,8 +64,8 @@ def build_network(name: str, **kwargs: Any) -> nn.Module:
     latent_channels, base_channels, downsample, act."""
     spec = {**NETWORKS, **AUTOENCODER_NETWORKS}[name]
     module, _, cls = spec.factory.partition(":")
-    if spec.size is not None:  # the name fixes the widths
-        kwargs = {k: v for k, v in kwargs.items() if k != "base_channels"} | {"size": spec.size}
+    if spec.size is not None:  # the name fixes the widths (checkpoints store the size too: theirs is kept)
+        kwargs = {"size": spec.size} | {k: v for k, v in kwargs.items() if k != "base_channels"}
     return getattr(importlib.import_module(module), cls)(**kwargs)
 
 

@@ -37,7 +37,7 @@ class ResBlock(nn.Module):
     def __init__(self, cin: int, cout: int, emb_dim: int, act: str):
         super().__init__()
         self.norm1, self.conv1 = _norm(cin), nn.Conv2d(cin, cout, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, 2 * cout)  # scale and shift
+        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * cout))  # scale and shift
         self.norm2, self.conv2 = _norm(cout), _zero(nn.Conv2d(cout, cout, 3, padding=1))
         self.act = make_act(act)
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()

@@ -256,7 +256,8 @@ def plan_training(config: Any, run_dir: Path | None = None, world: World | None 
                 codec_notes.append(f"note: the autoencoder was trained on {trained} images and this run's are {h}x{w}")
         kwargs = {"in_channels": channels, "out_channels": channels,
                   **({"base_channels": config.model.base_channels}
-                     if NETWORKS[config.model.network].uses_base_channels else {}),
+                     if NETWORKS[config.model.network].uses_base_channels
+                     else {"size": NETWORKS[config.model.network].size}),
                   "num_classes": len(data.class_names),
                   "act": config.model.act, "time_embedding": "iddm",
                   **({"up_block": "csp"} if config.model.network == "cspdarkunet" else {}),  # stored, as the others
