@@ -42,7 +42,8 @@ def test_conditional_run_directory(invoke, cond_data, tmp_path):
     assert ckpt["data"]["class_names"] == ["cat", "dog", "owl"]
     assert ckpt["data"]["class_counts"] == {"cat": 6, "dog": 6, "owl": 6}
     assert ckpt["data"]["channels"] == 3 and ckpt["data"]["image_size"] == [8, 8]
-    assert ckpt["progress"] == {"epoch": 2, "step": 10, "skipped_steps": 0, "skipped_files": [], "position": 0,
+    assert ckpt["progress"] == {"epoch": 2, "step": 10, "total_steps": 10, "skipped_steps": 0, "skipped_files": [],
+                                "position": 0,
                                 "world_size": 1}
     assert json.loads((run / "classes.json").read_text())["class_counts"] == {"cat": 6, "dog": 6, "owl": 6}
     assert ckpt["ema_updates"] == 10 and ckpt["ema"] and ckpt["optimizer"]["state"]

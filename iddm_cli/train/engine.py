@@ -465,7 +465,7 @@ def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, An
         epoch = start_epoch
         while not session.finished() and (session.by_steps or epoch < c.train.epochs):
             mean_loss = session.run_epoch(epoch, position if epoch == start_epoch else 0)
-            done, epoch = epoch + 1, epoch + 1  # a step budget's last, partial epoch counts as done
+            done = epoch + 1  # a step budget's last, partial epoch counts as done
             summary = {"event": "epoch", "step": session.step, "epoch": done, "loss": mean_loss,
                        "skipped_steps": session.skipped, "skipped_files": len(session.bad_files)}
             summary.update(session.task.before_save(done))  # validation, which the checkpoint records
@@ -477,6 +477,7 @@ def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, An
             reporter.end_epoch(epoch, summary)
             if session.stop_requested() is not None:
                 raise Interrupted(session.agreed_stop, run_dir)
+            epoch = done
         if world.launched:
             logger.log(dist.check_consistency(world, _weights(session)))
         logger.log(f"finished: {session.step} steps, checkpoint {last}")
