@@ -106,6 +106,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-quality"))
     parser.add_argument("--checkpoint", type=Path, help="score this checkpoint instead of training")
     parser.add_argument("--jobs", type=int, default=1, help="rows scored at once, each on cores/jobs threads")
+    parser.add_argument("--rows", help="sampler:steps,... to score instead of --samplers x --steps (say, the rows "
+                        "an interrupted table lacks)")
     args = parser.parse_args()
     if args.jobs < 1:
         parser.error("--jobs: expected 1 or more")
@@ -123,6 +125,8 @@ def main() -> None:
     reference(str(ref), InceptionFeatures(), size=tuple(ckpt["data"]["image_size"]))
     print(f"# reference: {ref} (statistics cached at {'x'.join(map(str, ckpt['data']['image_size']))})", flush=True)
     rows = [(sampler, steps) for sampler in args.samplers.split(",") for steps in map(int, args.steps.split(","))]
+    if args.rows:  # given rows instead, in the order given (longest first balances --jobs)
+        rows = [(row.split(":")[0], int(row.split(":")[1])) for row in args.rows.split(",")]
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
 
     def score(row: tuple[str, int]) -> str:
