@@ -101,7 +101,8 @@ def test_image_size_spellings(text, expected):
 
 @pytest.mark.parametrize(("text", "seconds"), [
     ("90s", 90), ("10m", 600), ("2h", 7200), ("1h30m", 5400), ("1.5h", 5400), ("45", 45), (" 7.5 ", 7.5),
-    ("0s", None), ("", None), ("10x", None), ("1h30", None), ("m", None), ("-5s", None),
+    ("0s", None), ("", None), ("10x", None), ("1h30", None), ("m", None), ("-5s", None), ("8784h", 8784 * 3600),
+    ("8785h", None), ("9" * 400, None),
 ])
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds

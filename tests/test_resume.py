@@ -141,11 +141,14 @@ def test_a_max_time_run_fixes_its_length_once_and_resumes_to_exactly_it(tmp_path
     # so the speed measurement changes nothing, and the resumed run keeps the T it measured before
     data = make_dataset(tmp_path / "d", ["a", "b", "c"], per_class=6)  # 18 images, batch 4: 5 steps per epoch
     common = {**SETTINGS, "dataset_path": str(data), "result_path": str(tmp_path), "lr_func": "linear"}
-    with pytest.raises(Interrupted):  # at step 14, after the length was fixed at step 13
-        DMTrainer(run_name="timed", max_time="12s", reporter=InterruptAt(2, 4), **common).train()
+    # the speed is timed step to step inside epochs: 3 + 10 timed steps need the 17th step (4 per epoch of 5)
+    with pytest.raises(Interrupted):  # at step 19, after the length was fixed at step 17
+        DMTrainer(run_name="timed", max_time="12s", reporter=InterruptAt(3, 4), **common).train()
     cut = load_checkpoint(tmp_path / "timed" / "ckpt_last.pt")["progress"]
     total = cut["total_steps"]
-    assert cut["step"] == 14 and total > 14
+    assert cut["step"] == 19 and total > 19
+    other = invoke("resume", tmp_path / "timed", "--nproc", "2")  # its steps are steps of a 1-process batch
+    assert other.exit_code == 2 and "so it continues on 1 (--devices 1)" in " ".join(other.output.split())
     log = (tmp_path / "timed" / "train.log").read_text()
     assert f"so the run takes {total} steps" in log
 

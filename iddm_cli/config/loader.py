@@ -207,15 +207,19 @@ DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 _DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
 
 
+MAX_DURATION_S = 366 * 24 * 3600  # a year
+
+
 def parse_duration(text: str) -> float | None:
-    """'90s', '10m', '2h', '1h30m', '1.5h' or plain seconds -> seconds; None when it is not a positive duration."""
+    """'90s', '10m', '2h', '1h30m', '1.5h' or plain seconds -> seconds; None when it is not a duration between 0
+    (excluded) and a year."""
     text = text.strip().lower()
     match = _DURATION_RE.match(text + "s" if re.fullmatch(r"\d+(?:\.\d+)?", text) else text)
     if not text or match is None:
         return None
     h, m, sec = (float(g) if g else 0.0 for g in match.groups())
     seconds = 3600 * h + 60 * m + sec
-    return seconds if seconds > 0 else None
+    return seconds if 0 < seconds <= MAX_DURATION_S else None
 _SIZE_RE = re.compile(r"^[\[(]?\s*(\d+)\s*(?:,\s*(\d+)\s*)?[\])]?$")
 
 
@@ -433,7 +437,7 @@ def check_runnable(resolved: Resolved) -> None:
     if c.train.pretrain_path and not c.train.pretrain:
         bad("pretrain_path", "is set but --pretrain is not: add --pretrain, or drop the path")
     if c.train.max_time and parse_duration(c.train.max_time) is None:
-        bad("max_time", f"{c.train.max_time!r}: expected a duration such as 90s, 10m, 2h or 1h30m")
+        bad("max_time", f"{c.train.max_time!r}: expected a duration such as 90s, 10m, 2h or 1h30m (at most a year)")
     if c.train.max_time and c.train.kimg:
         bad("kimg", "and train.max_time both set the length of the run: give one of them")
     h, w = image_hw(c)

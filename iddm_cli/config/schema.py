@@ -148,11 +148,12 @@ class TrainConfig:
     epochs: int = opt(300, "Epochs to train.", short="-e", ge=1, le=1_000_000, resumable=True)
     max_time: str = opt("", "Train for a wall-clock budget instead of --epochs: 90s, 10m, 2h, 1h30m. The first steps "
                         "measure the speed; the step count, and with it the learning-rate schedule, is then fixed "
-                        "and stored, and the run ends with its final checkpoint (and preview) inside the budget.",
+                        "and stored so that the run, its epoch ends and its final checkpoint (and preview) fit in "
+                        "the budget as estimated. --epochs is then ignored.",
                         metavar="DURATION")
     kimg: float = opt(0.0, "Train for this many thousand images instead of --epochs (EDM's unit): "
-                      "ceil(kimg x 1000 / global batch) steps, ending wherever in an epoch that falls.", ge=0,
-                      metavar="KIMG")
+                      "ceil(kimg x 1000 / global batch) steps, ending wherever in an epoch that falls; --epochs is "
+                      "then ignored.", ge=0, metavar="KIMG")
     run_name: str = opt("df", "Run directory name under result_path: one folder name.", short="-n",
                          metavar="NAME")
     result_path: str = opt("results", "Folder that holds run directories.", metavar="DIR")

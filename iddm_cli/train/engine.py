@@ -105,7 +105,8 @@ class Session:
         self.by_steps = bool(c.train.kimg or c.train.max_time)  # the run ends at a step count, not an epoch count
         self.started = time.monotonic()  # --max-time counts from here
         self.first_step = 0  # the step this process started (or resumed) at
-        self._clock: tuple[int, float] | None = None  # (step, time) where the speed measurement began
+        self._durations: list[float] = []  # --max-time: seconds of each step, epoch ends left out
+        self._prev_end: float | None = None  # when the previous step of this epoch ended
 
     # the run's length ----------------------------------------------------------------------------------------
     def finished(self) -> bool:
@@ -117,32 +118,29 @@ class Session:
         """Whether ``done`` completed epochs end the run: the final preview and evaluation are due."""
         return self.finished() if self.by_steps else done >= self.c.train.epochs
 
-    def epochs_label(self) -> str:
+    def epochs_label(self) -> int | str:
         """The epoch count for progress lines: --epochs, or the epochs a step budget spans ('?' until fixed)."""
         if not self.by_steps:
-            return str(self.c.train.epochs)
+            return self.c.train.epochs
         return str(math.ceil(self.total / self.plan.steps_per_epoch)) if self.total is not None else "?"
 
     def _plan_length(self, epoch: int, batch: int) -> None:
-        """--max-time: time MEASURED_STEPS steps after WARM_STEPS, then fix the step count so that the steps, every
-        epoch end to come (checkpoint, preview, evaluation, validation: each estimated from a timed pass) and the
-        final one fit in what is left of the budget. Every rank reaches these steps together; rank 0 decides."""
-        done = self.step - self.first_step
-        if done == WARM_STEPS:
-            self._clock = (self.step, time.monotonic())
-        if done != WARM_STEPS + MEASURED_STEPS or self._clock is None:
+        """--max-time: time MEASURED_STEPS steps after WARM_STEPS (from one step's end to the next inside an epoch,
+        so no epoch end is in it), then fix the step count so that the steps, every epoch end to come (checkpoint,
+        preview, evaluation, validation: each estimated from a timed pass) and the final one fit in what is left
+        of the budget. Every rank counts the same steps, so all get here at the same step; rank 0 decides."""
+        if len(self._durations) != WARM_STEPS + MEASURED_STEPS:
             return
         total, lines = None, []
         if self.world.is_main:
-            per_step = (time.monotonic() - self._clock[1]) / (self.step - self._clock[0])
+            per_step = max(1e-9, sum(self._durations[WARM_STEPS:]) / MEASURED_STEPS)
             end_cost, save = self.task.end_cost(), self._save_seconds(epoch, batch + 1)
             left = self.plan.budget_s * (1 - BUDGET_RESERVE) - (time.monotonic() - self.started)
             spe, pos = self.plan.steps_per_epoch, epoch * self.plan.steps_per_epoch + batch + 1
 
             def seconds(total: int) -> float:  # from now to the end of a run of ``total`` steps
                 last = math.ceil((pos + total - self.step) / spe)
-                ends = sum(save + end_cost(d, d == last) for d in range(epoch + 1, last + 1))
-                return (total - self.step) * per_step + ends
+                return (total - self.step) * per_step + (last - epoch) * save + end_cost(epoch + 1, last)
 
             lo, hi = self.step, self.step + max(0, math.floor(left / per_step))
             while lo < hi:  # the longest run that fits; seconds() grows with the step count
@@ -283,7 +281,10 @@ class Session:
         """Train one epoch from batch ``start`` (non-zero when a run resumes mid-epoch)."""
         c, spe = self.c, self.plan.steps_per_epoch
         self.sampler.set_epoch(epoch, start * c.data.batch_size)  # data order: a function of (seed, epoch)
-        self.reporter.start_epoch(epoch, self.epochs_label(), spe)
+        steps = spe if not self.by_steps or self.total is None else min(spe, self.total - epoch * spe)
+        self.reporter.start_epoch(epoch, self.epochs_label(), steps)
+        if spe > 1:  # the first step of an epoch follows the last one's epoch end: not timed (unless nothing else is)
+            self._prev_end = None
         window: list[float] = []
         epoch_losses: list[float] = []
         t0, images = time.perf_counter(), 0
@@ -295,6 +296,10 @@ class Session:
                                    f"place): {path}")
             out = self.train_step(x0, y, epoch * spe + i)
             if self.total is None:
+                now = time.monotonic()
+                if self._prev_end is not None:
+                    self._durations.append(now - self._prev_end)
+                self._prev_end = now
                 self._plan_length(epoch, i)
             images += x0.shape[0]
             if out is not None:
@@ -307,7 +312,7 @@ class Session:
                 window, t0, images = [], time.perf_counter(), 0
             if not self.world.launched:  # a single process acts on its own flag at once
                 self.agreed_stop = self.stop_signal
-            if self.agreed_stop is not None and i + 1 < spe:  # Ctrl-C or SIGTERM: save and leave mid-epoch
+            if self.agreed_stop is not None and i + 1 < spe and not self.finished():  # Ctrl-C: save, leave mid-epoch
                 self.save(epoch, position=i + 1)
                 self.stop_requested()  # a collective: no rank leaves before rank 0 has written the checkpoint
                 raise Interrupted(self.agreed_stop, self.plan.run_dir)

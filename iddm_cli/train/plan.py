@@ -99,7 +99,7 @@ class Plan:
         if t.max_time:
             return None
         if t.kimg:
-            return max(1, math.ceil(t.kimg * 1000 / (self.config.data.batch_size * self.world_size)))
+            return max(1, -(-round(t.kimg * 1000) // (self.config.data.batch_size * self.world_size)))
         return self.steps_per_epoch * t.epochs
 
     @property

@@ -88,6 +88,11 @@ def plan_resume(run_dir: str | Path, overrides: dict[str, Any], start_epoch: int
     plan = plan_training(config, run, world, data, classes=state["data"]["class_names"], network=state["network"],
                          codec=_stored_codec(state, overrides.get("autoencoder_ckpt")))
     plan.created_config, plan.superseded = created, newer
+    saved_world = state["progress"].get("world_size", 1)
+    if (config.train.kimg or config.train.max_time) and saved_world != plan.world_size:
+        raise ConfigError(f"{path} was trained by {saved_world} process(es) and this resume would use "
+                          f"{plan.world_size}: a --kimg or --max-time run counts its length in steps of its global "
+                          f"batch, so it continues on {saved_world} (--devices {saved_world})")
     if changed:  # part of the plan, so train.log records them (config.toml stays the creation record)
         plan.notes.append(f"changed on resume: {', '.join(changed)}")
     if plan.data.class_names != state["data"]["class_names"] or plan.data.channels != state["data"]["channels"]:

@@ -219,37 +219,42 @@ class DiffusionTask:
         path = self.preview(done)
         return {"preview": str(path.relative_to(self.s.plan.run_dir))} if path is not None else {}
 
-    def end_cost(self) -> Callable[[int, bool], float]:
-        """Seconds this rank will spend after the checkpoint of epoch end ``done`` (``last``: the run's last):
-        its preview and its evaluation's sampling, from one timed forward pass of a sampling batch. (FID scoring
-        itself is not in it.)"""
+    def end_cost(self) -> Callable[[int, int], float]:
+        """``cost(first, last)``: seconds this rank will spend on the epoch ends first..last (last: the run's) after
+        their checkpoints: previews and the sampling of evaluations (FID scoring itself is not in it), from timed
+        forward passes of the batches they will use."""
         s, c = self.s, self.s.c
         if not (c.vis.vis or c.eval.eval_interval):
-            return lambda done, last: 0.0
+            return lambda first, last: 0.0
         data, world = s.plan.data, s.world
         guided = data.conditional and c.diffusion.cfg_scale != 1.0
-        batch = PREVIEW_BATCH
-        labels = torch.zeros(batch * (2 if guided else 1), dtype=torch.long, device=s.device) \
-            if data.conditional else None
-        was_training = s.ema.model.training
-        s.ema.model.eval()
-        call = forward_seconds(s.ema.model, (batch * (2 if guided else 1), *s.plan.sample_shape), s.device,
-                               labels=labels)
-        s.ema.model.train(was_training)
+        timed: dict[int, float] = {}
 
-        def sampling(n: int, steps: int) -> float:  # DDIM on this rank's share of n images, per image
-            calls = SAMPLERS["ddim"].nfe(len(timesteps(self.diffusion, steps)))
-            return math.ceil(n / world.size) / batch * calls * call
+        def call(batch: int) -> float:  # one network call on ``batch`` images, guidance included
+            if batch not in timed:
+                rows = batch * (2 if guided else 1)
+                labels = torch.zeros(rows, dtype=torch.long, device=s.device) if data.conditional else None
+                timed[batch] = forward_seconds(s.ema.model, (rows, *s.plan.sample_shape), s.device, labels=labels)
+            return timed[batch]
+
+        def sampling(n: int, steps: int) -> float:  # DDIM on this rank's share of n images, batch by batch
+            share, calls = math.ceil(n / world.size), SAMPLERS["ddim"].nfe(len(timesteps(self.diffusion, steps)))
+            full, rest = divmod(share, PREVIEW_BATCH)
+            return calls * (full * (call(PREVIEW_BATCH) if full else 0.0) + (call(rest) if rest else 0.0))
 
         per = c.vis.num_vis if c.vis.num_vis > 0 else 8
-        preview = sampling(per * len(data.class_names) if data.conditional else per, c.vis.vis_steps)
-        evaluation = sampling(c.eval.eval_num, c.eval.eval_steps)
+        preview = sampling(per * len(data.class_names) if data.conditional else per, c.vis.vis_steps) \
+            if c.vis.vis else 0.0
+        evaluation = sampling(c.eval.eval_num, c.eval.eval_steps) if c.eval.eval_interval else 0.0
 
-        def cost(done: int, last: bool) -> float:
-            seconds = preview if c.vis.vis and (done % c.vis.vis_interval == 0 or last) else 0.0
-            if c.eval.eval_interval and (done % c.eval.eval_interval == 0 or last):
-                seconds += evaluation
-            return seconds
+        def due(first: int, last: int, interval: int) -> int:  # multiples of interval in first..last, and last
+            return last // interval - (first - 1) // interval + (1 if last % interval else 0)
+
+        def cost(first: int, last: int) -> float:
+            if last < first:
+                return 0.0
+            return (preview * due(first, last, c.vis.vis_interval) if c.vis.vis else 0.0) + \
+                (evaluation * due(first, last, c.eval.eval_interval) if c.eval.eval_interval else 0.0)
 
         return cost
 
@@ -333,15 +338,17 @@ class AutoencoderTask:
             recon, mean, logvar = s.net(x0, generator=g)
         return vae_loss(recon.float(), x0, mean.float(), logvar.float(), s.c.optim.kl_weight)[0]
 
-    def end_cost(self) -> Callable[[int, bool], float]:
-        """Seconds of this rank's validation and reconstruction grid at every epoch end, from one timed forward
-        pass of a validation batch."""
+    def end_cost(self) -> Callable[[int, int], float]:
+        """``cost(first, last)``: seconds of this rank's validation and reconstruction grid at the epoch ends
+        first..last, from timed forward passes of the batches validation uses."""
         s = self.s
         share = math.ceil(len(self.val) / s.world.size)
-        call = forward_seconds(s.ema.model, (min(ENCODE_BATCH, share), s.plan.data.channels, *s.plan.image_size),
-                               s.device, sample=False)
-        seconds = (math.ceil(share / ENCODE_BATCH) + 1) * call
-        return lambda done, last: seconds
+        shape = (s.plan.data.channels, *s.plan.image_size)
+        full, rest = divmod(share, ENCODE_BATCH)
+        seconds = full * forward_seconds(s.ema.model, (ENCODE_BATCH, *shape), s.device, sample=False) if full else 0.0
+        for batch in (rest, min(s.c.vis.num_vis, len(self.val))):  # the last validation batch, the grid
+            seconds += forward_seconds(s.ema.model, (batch, *shape), s.device, sample=False) if batch > 0 else 0.0
+        return lambda first, last: max(0, last - first + 1) * seconds
 
     @torch.no_grad()
     def before_save(self, done: int) -> dict[str, Any]:
