@@ -206,6 +206,6 @@ def test_dry_run_counts_the_networks_flops_on_a_meta_copy(cond_data, tmp_path):
 
 def test_kimg_counts_whole_images_in_global_batches(cond_data, tmp_path):
     flags = {"dataset_path": str(cond_data), "result_path": str(tmp_path), "image_size": 8, "base_channels": 4}
-    for kimg, batch, steps in [(128.448, 64, 2007), (0.001, 4, 1), (0.0041, 4, 2), (1, 3, 334)]:
+    for kimg, batch, steps in [(128.448, 64, 2007), (0.001, 4, 1), (0.0041, 4, 1), (0.005, 4, 2), (1, 3, 334)]:
         plan = plan_training(resolve(flags={**flags, "kimg": kimg, "batch_size": batch}).config)
         assert plan.total_steps == steps, (kimg, batch)  # 128.448 x 1000 / 64 is 2007 exactly, not 2008
