@@ -36,20 +36,14 @@ SCALE_IMAGES = 512  # images the latent scale is measured on when latents are no
 
 
 @torch.no_grad()
-def forward_seconds(model: torch.nn.Module, shape: Sequence[int], device: torch.device, **kwargs: Any) -> float:
-    """Seconds of one no-grad forward pass of ``model`` on a zero batch of ``shape`` (the second of two, so that
-    allocation is not counted): the unit of the end-of-epoch cost estimates of a --max-time run."""
-    x = torch.zeros(*shape, device=device)
-    args = (x, torch.zeros(shape[0], dtype=torch.long, device=device)) if "labels" in kwargs else (x,)
-    extra = {"y": kwargs["labels"]} if kwargs.get("labels") is not None else {}
-    extra |= {k: v for k, v in kwargs.items() if k != "labels"}
-    model(*args, **extra)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    model(*args, **extra)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def forward_seconds(forward: Callable[[], Any], device: torch.device) -> float:
+    """Seconds of one call of ``forward`` (a no-grad network pass; the second of two, so that allocation is not
+    counted): the unit of the end-of-epoch cost estimates of a --max-time run."""
+    for _ in range(2):
+        start = time.perf_counter()
+        forward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
     return time.perf_counter() - start
 
 
@@ -233,8 +227,9 @@ class DiffusionTask:
         def call(batch: int) -> float:  # one network call on ``batch`` images, guidance included
             if batch not in timed:
                 rows = batch * (2 if guided else 1)
-                labels = torch.zeros(rows, dtype=torch.long, device=s.device) if data.conditional else None
-                timed[batch] = forward_seconds(s.ema.model, (rows, *s.plan.sample_shape), s.device, labels=labels)
+                x, t = torch.zeros(rows, *s.plan.sample_shape, device=s.device), torch.zeros(rows, device=s.device)
+                y = torch.zeros(rows, dtype=torch.long, device=s.device) if data.conditional else None
+                timed[batch] = forward_seconds(lambda: s.ema.model(x, t, y), s.device)
             return timed[batch]
 
         def sampling(n: int, steps: int) -> float:  # DDIM on this rank's share of n images, batch by batch
@@ -242,9 +237,7 @@ class DiffusionTask:
             full, rest = divmod(share, PREVIEW_BATCH)
             return calls * (full * (call(PREVIEW_BATCH) if full else 0.0) + (call(rest) if rest else 0.0))
 
-        per = c.vis.num_vis if c.vis.num_vis > 0 else 8
-        preview = sampling(per * len(data.class_names) if data.conditional else per, c.vis.vis_steps) \
-            if c.vis.vis else 0.0
+        preview = sampling(self.preview_count(), c.vis.vis_steps) if c.vis.vis else 0.0
         evaluation = sampling(c.eval.eval_num, c.eval.eval_steps) if c.eval.eval_interval else 0.0
 
         def due(first: int, last: int, interval: int) -> int:  # multiples of interval in first..last, and last
@@ -258,15 +251,19 @@ class DiffusionTask:
 
         return cost
 
+    def preview_count(self) -> int:
+        """Images in a preview grid: num_vis (8 by default) per class, or in total when unconditional."""
+        per = self.s.c.vis.num_vis if self.s.c.vis.num_vis > 0 else 8
+        return per * len(self.s.plan.data.class_names) if self.s.plan.data.conditional else per
+
     def preview(self, epochs_done: int) -> Path | None:
         """A grid from the EMA weights, always from the same noise. Under DDP each rank samples its share of the
         grid and rank 0 gathers and writes it, so no rank waits long for another. Returns the file on rank 0."""
         s, c, data = self.s, self.s.c, self.s.plan.data
-        per = c.vis.num_vis if c.vis.num_vis > 0 else 8
+        n = self.preview_count()
         labels = None
         if data.conditional:
-            labels = torch.arange(len(data.class_names), device=s.device).repeat_interleave(per)
-        n = labels.numel() if labels is not None else per
+            labels = torch.arange(len(data.class_names), device=s.device).repeat_interleave(n // len(data.class_names))
         g = torch.Generator().manual_seed(c.train.seed)  # the same noise every time: progress is comparable
         images = self.generate(torch.randn(n, *s.plan.sample_shape, generator=g).to(s.device), labels,
                                c.vis.vis_steps)
@@ -345,9 +342,11 @@ class AutoencoderTask:
         share = math.ceil(len(self.val) / s.world.size)
         shape = (s.plan.data.channels, *s.plan.image_size)
         full, rest = divmod(share, ENCODE_BATCH)
-        seconds = full * forward_seconds(s.ema.model, (ENCODE_BATCH, *shape), s.device, sample=False) if full else 0.0
-        for batch in (rest, min(s.c.vis.num_vis, len(self.val))):  # the last validation batch, the grid
-            seconds += forward_seconds(s.ema.model, (batch, *shape), s.device, sample=False) if batch > 0 else 0.0
+        seconds = 0.0
+        for batch, times in ((ENCODE_BATCH, full), (rest, 1), (min(s.c.vis.num_vis, len(self.val)), 1)):
+            if batch > 0 and times > 0:  # full validation batches, the last one, the reconstruction grid
+                x = torch.zeros(batch, *shape, device=s.device)
+                seconds += times * forward_seconds(lambda x=x: s.ema.model(x, sample=False), s.device)
         return lambda first, last: max(0, last - first + 1) * seconds
 
     @torch.no_grad()
