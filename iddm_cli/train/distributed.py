@@ -8,6 +8,7 @@ user reads is the failing process's own and not a gloo or NCCL traceback.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 from collections.abc import Callable, Iterable
@@ -86,7 +87,10 @@ def _restart_store(addr: str, port: int, world: World, timeout: timedelta) -> di
 
 
 def shutdown() -> None:
+    """Destroy the process groups once nothing uses them: collect first, so that a DDP reducer left in a reference
+    cycle lets go of its group now rather than during the interpreter's teardown."""
     global _OBJECT_GROUP
+    gc.collect()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     _OBJECT_GROUP = None
