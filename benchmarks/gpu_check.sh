@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check: a smoke test (train, resume, sample), the NCCL path torchrun takes, DDP over every visible GPU when there
-# are several, and the training-throughput benchmark (fp32 vs bf16, channels_last, torch.compile) on one GPU.
+# are several, and the training-throughput table (each network at 32 and 64 px: fp32, bf16, channels_last,
+# torch.compile) on one GPU.
 #
 #     bash benchmarks/gpu_check.sh              # run folders go to $RUNS (default: a new temporary folder)
 #
@@ -49,13 +50,8 @@ else
   ddp_check "$RUNS/ddp"
 fi
 
-step "throughput: unet base 64, 64x64, batch 32, one GPU"
-run python benchmarks/train_throughput.py --image-size 64 --batch-size 32 --steps 20 --warmup 5
-run python benchmarks/train_throughput.py --image-size 64 --batch-size 32 --steps 20 --warmup 5 --channels-last
-run python benchmarks/train_throughput.py --image-size 64 --batch-size 32 --steps 20 --warmup 5 --compile \
-  --precisions amp
-run python benchmarks/train_throughput.py --image-size 64 --batch-size 32 --steps 20 --warmup 5 --compile \
-  --channels-last --precisions amp
+step "throughput table: every network at 32 and 64 px, batch 128, one GPU: fp32, bf16, channels_last, compile"
+run python benchmarks/train_throughput.py --table --batch-size 128 --steps 20 --warmup 5
 
 step "latent diffusion: autoencoder, pixel and latent diffusion images/s at 64 and 128 px, batch 32"
 run python benchmarks/latent_throughput.py --batch-size 32 --steps 10

@@ -4,11 +4,14 @@ each sampler at 10 and 20 steps with FID and KID against held-out images.
     python benchmarks/quality.py                                   # Fashion-MNIST (Debian's package), demo profile
     python benchmarks/quality.py --profile demo --budget 600 --num 1000 --out bench-quality
     python benchmarks/quality.py --train DIR --ref DIR --image-size 32
+    python benchmarks/quality.py --planned --name adm-xs --train-args "--network adm-xs" --rows dpmpp2m:20
 
 Without --train/--ref it builds both from Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist):
 --per-class training images of each class from the train split and --ref-per-class images of each class from the
 test split, padded from 28 to 32 px. Training runs `iddm dm train` and is stopped by SIGINT when the budget is
-spent (it saves and exits 130, as Ctrl-C does); the scores come from `iddm eval fid` on the saved checkpoint.
+spent (it saves and exits 130, as Ctrl-C does), or with --planned is given the budget as --max-time, so that its
+step count and learning-rate schedule are planned to end inside it; --train-args adds training flags (a network,
+a learning rate) and --name names the run. The scores come from `iddm eval fid` on the saved checkpoint.
 Prints a Markdown table: sampler, steps, network evaluations per sample (NFE, before guidance doubles them), fid,
 kid, and the sampling and scoring wall time. --jobs N scores N rows at once, each process on cores/N threads (on 2
 CPU cores, two 1-thread processes do 1.2x the work of one 2-thread process); a row's wall time is then its own
@@ -22,6 +25,7 @@ import concurrent.futures
 import gzip
 import json
 import os
+import shlex
 import signal
 import struct
 import subprocess
@@ -74,27 +78,35 @@ def iddm(*args: str, threads: int | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "iddm_cli", *map(str, args)], capture_output=True, text=True, env=env)
 
 
-def train(args: argparse.Namespace, data: Path, run_dir: Path) -> float:
-    """Train until the budget is spent, then stop it as Ctrl-C would; returns the wall time."""
+def train(args: argparse.Namespace, data: Path, run_dir: Path) -> tuple[float, int]:
+    """Train for the budget (planned with --max-time, or stopped as Ctrl-C would stop it when it is spent); returns
+    the wall time and the steps trained."""
+    length = ["--max-time", f"{args.budget:g}s"] if args.planned else ["--epochs", "100000"]
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "iddm_cli", "dm", "train", "--profile", args.profile,
-                             "--dataset-path", str(data), "--image-size", str(args.image_size), "--epochs", "100000",
-                             "--no-vis", "--result-path", str(run_dir.parent), "--run-name", run_dir.name],
+                             "--dataset-path", str(data), "--image-size", str(args.image_size), *length,
+                             "--no-vis", "--result-path", str(run_dir.parent), "--run-name", run_dir.name,
+                             *shlex.split(args.train_args)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        proc.wait(timeout=args.budget)
+        proc.wait(timeout=None if args.planned else args.budget)
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGINT)
         proc.wait()
+    seconds = time.perf_counter() - start
     if not (run_dir / "ckpt_last.pt").is_file():
         sys.exit(f"training left no checkpoint: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
-    return time.perf_counter() - start
+    ckpt = torch.load(run_dir / "ckpt_last.pt", map_location="cpu", weights_only=True)
+    return seconds, int(ckpt["progress"]["step"])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="demo")
     parser.add_argument("--budget", type=float, default=600.0, help="training seconds")
+    parser.add_argument("--planned", action="store_true", help="give the budget to training as --max-time")
+    parser.add_argument("--train-args", default="", help='more training flags, e.g. "--network adm-xs --lr 1e-3"')
+    parser.add_argument("--name", help="run name (default: PROFILE-SIZEpx)")
     parser.add_argument("--train", type=Path, help="class-folder training images (default: Fashion-MNIST)")
     parser.add_argument("--ref", type=Path, help="reference images (default: Fashion-MNIST test split)")
     parser.add_argument("--per-class", type=int, default=1000)
@@ -115,10 +127,11 @@ def main() -> None:
     data = args.train or write_split("train", args.out / "train", args.per_class)
     ref = args.ref or write_split("t10k", args.out / "ref", args.ref_per_class)
     os.environ.setdefault("IDDM_CACHE_DIR", str(args.out / "cache"))
-    run = args.checkpoint or args.out / f"{args.profile}-{args.image_size}px"
+    run = args.checkpoint or args.out / (args.name or f"{args.profile}-{args.image_size}px")
     if args.checkpoint is None:
-        seconds = train(args, data, run)
-        print(f"# trained {args.profile} on {data} for {seconds:.0f} s", flush=True)
+        seconds, steps = train(args, data, run)
+        print(f"# trained {args.profile} {args.train_args} on {data} for {seconds:.0f} s, {steps} steps "
+              f"({'planned with --max-time' if args.planned else 'stopped by SIGINT'})", flush=True)
     ckpt = torch.load(run if run.is_file() else run / "ckpt_last.pt", map_location="cpu", weights_only=True)
     diffusion = Diffusion(ckpt["diffusion"]["name"], ckpt["diffusion"]["noise_steps"])
     # the reference's statistics at the model's size, cached once here, before the rows time anything

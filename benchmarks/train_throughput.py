@@ -3,9 +3,13 @@
     python benchmarks/train_throughput.py                       # unet, 32x32, batch 8, fp32 and --amp
     python benchmarks/train_throughput.py --base-channels 16 --steps 20
     python benchmarks/train_throughput.py --channels-last --compile   # GPU options
+    python benchmarks/train_throughput.py --table                # every network at 32 and 64 px, every variant
 
 Prints images/s, peak memory and achieved GFLOP/s (FLOPs of one step counted with torch.utils.flop_counter)
-for each precision, on the device that is present (CUDA if available, else CPU).
+for each precision, on the device that is present (CUDA if available, else CPU). --table prints one Markdown row
+per network, image size and variant: fp32; bf16 (--amp: bf16 autocast where the device has it, else the row says
+so and is not measured); channels_last (fp32); compile (fp32, torch.compile, timed after its compilation).
+IDDM's networks run at their default width (--base-channels 64), the ADM sizes at their own.
 """
 
 from __future__ import annotations
@@ -41,10 +45,13 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def bench(args: argparse.Namespace, amp: bool, tmp: Path) -> dict[str, float | str]:
-    flags = {"dataset_path": str(make_data(tmp / f"data-{amp}", args.image_size)), "result_path": str(tmp),
-             "run_name": f"bench-{amp}", "image_size": args.image_size, "batch_size": args.batch_size,
+    name = f"{args.network}-{args.image_size}-{amp}-{args.channels_last}-{args.compile}"
+    flags = {"dataset_path": str(make_data(tmp / f"data-{name}", args.image_size)), "result_path": str(tmp),
+             "run_name": f"bench-{name}", "image_size": args.image_size, "batch_size": args.batch_size,
              "network": args.network, "base_channels": args.base_channels, "amp": amp, "augment": "resize"}
     plan = plan_training(resolve(flags=flags).config)
+    if amp and plan.amp_dtype is None and args.table:
+        return {"precision": "bf16", "skipped": "no bf16 on this device"}
     plan.run_dir.mkdir(parents=True)
     session = Session(plan, SilentReporter(), RunLogger(plan.run_dir))
     if args.channels_last:
@@ -73,9 +80,38 @@ def bench(args: argparse.Namespace, amp: bool, tmp: Path) -> dict[str, float | s
     seconds = (time.perf_counter() - start) / args.steps
     precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[plan.amp_dtype]
     label = f"--amp ({precision})" if amp else precision  # --amp stays fp32 where there is no bf16 or CUDA fp16
-    return {"precision": label, "images_per_s": args.batch_size / seconds,
-            "ms_per_step": 1000 * seconds, "peak_mb": peak_memory_mb(device), "gflops": flops / seconds / 1e9,
+    return {"precision": label, "gflop_per_image": flops / args.batch_size / 1e9,
+            "images_per_s": args.batch_size / seconds, "ms_per_step": 1000 * seconds,
+            "peak_mb": peak_memory_mb(device), "gflops": flops / seconds / 1e9,
             "device": str(device)}
+
+
+VARIANTS = {"fp32": {}, "bf16": {"amp": True}, "channels_last": {"channels_last": True}, "compile": {"compile": True}}
+
+
+def table(args: argparse.Namespace, name: str) -> None:
+    """One Markdown row per network x image size x variant."""
+    print(f"# batch {args.batch_size}, {args.steps} timed steps after {args.warmup}; {name}; torch {torch.__version__}")
+    print("| network | px | variant | GFLOP/image (train step) | images/s | GFLOP/s | peak MiB |",
+          "|---|---|---|---|---|---|---|", sep="\n", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for network in args.networks.split(","):
+            for size in map(int, args.sizes.split(",")):
+                for variant in args.variants.split(","):
+                    options = VARIANTS[variant]
+                    run = argparse.Namespace(**{**vars(args), "network": network, "image_size": size,
+                                                "channels_last": options.get("channels_last", False),
+                                                "compile": options.get("compile", False)})
+                    torch.manual_seed(0)
+                    r = bench(run, options.get("amp", False), Path(tmp))
+                    if "skipped" in r:
+                        print(f"| {network} | {size} | {variant} | | {r['skipped']} | | |", flush=True)
+                        continue
+                    peak = f"{r['peak_mb']:.0f}" if r["device"].startswith("cuda") else "-"  # CPU: no per-row peak
+                    print(f"| {network} | {size} | {variant} | {r['gflop_per_image']:.2f} | {r['images_per_s']:.1f} "
+                          f"| {r['gflops']:.1f} | {peak} |", flush=True)
+                    if run.compile:
+                        torch._dynamo.reset()
 
 
 def main() -> None:
@@ -89,9 +125,19 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--precisions", default="fp32,amp", help="comma list of fp32, amp")
+    parser.add_argument("--table", action="store_true", help="a Markdown table over --networks, --sizes, --variants")
+    parser.add_argument("--networks", default="unet,cspdarkunet,adm-xs,adm-s,adm-m")
+    parser.add_argument("--sizes", default="32,64")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
     args = parser.parse_args()
     torch.manual_seed(0)
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+    if args.table:
+        unknown = set(args.variants.split(",")) - set(VARIANTS)
+        if unknown:
+            parser.error(f"--variants: unknown {', '.join(sorted(unknown))}; choose from {', '.join(VARIANTS)}")
+        table(args, name)
+        return
     print(f"# {args.network} base {args.base_channels}, {args.image_size}x{args.image_size}, batch {args.batch_size}, "
           f"channels_last={args.channels_last}, compile={args.compile}; {name}; torch {torch.__version__}")
     print(f"{'precision':<16}{'images/s':>10}{'ms/step':>10}{'peak MiB':>10}{'GFLOP/s':>10}")
