@@ -22,7 +22,6 @@ from iddm_cli.core.devices import World
 from iddm_cli.errors import ConfigError, TrainingError, first_line
 
 T = TypeVar("T")
-_OBJECT_GROUP: Any = None  # a gloo group for object collectives when the main group is NCCL
 
 
 class PeerLost(TrainingError):
@@ -51,13 +50,15 @@ def _guard(what: str, fn: Callable[[], T]) -> T:
 
 
 def init_group(world: World, device: torch.device, timeout_minutes: int) -> None:
-    """Join the process group (env:// rendezvous at MASTER_ADDR:MASTER_PORT): nccl for GPUs, gloo on CPU."""
-    global _OBJECT_GROUP
+    """Join the process group (env:// rendezvous at MASTER_ADDR:MASTER_PORT): gloo on CPU; for GPUs one group with
+    two backends, NCCL for CUDA tensors and gloo for CPU ones, so that pickled objects (rank 0's plan and checkpoint,
+    skipped-file lists) travel over gloo instead of being copied into GPU memory on every rank, with no side group
+    to create after NCCL's (torch picks the CPU backend for object collectives when the group has one)."""
     missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
     if missing:
         raise ConfigError(f"environment: RANK and WORLD_SIZE are set but {' and '.join(missing)} not; start "
                           "multi-process runs with torchrun (or unset RANK and WORLD_SIZE)")
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
     addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
@@ -69,10 +70,6 @@ def init_group(world: World, device: torch.device, timeout_minutes: int) -> None
     except (RuntimeError, ValueError) as err:
         raise TrainingError(f"rank {world.rank} could not join the {backend} process group at {where}: "
                             f"{first_line(err)}") from None
-    # Pickled objects (rank 0's plan and checkpoint, skipped-file lists) travel over gloo on the CPU: through NCCL
-    # they would be copied into GPU memory on every rank.
-    _OBJECT_GROUP = _guard("the start of the run", lambda: dist.new_group(
-        backend="gloo", timeout=timedelta(minutes=timeout_minutes))) if backend == "nccl" else None
 
 
 def _restart_store(addr: str, port: int, world: World, timeout: timedelta) -> dist.Store | None:
@@ -89,11 +86,9 @@ def _restart_store(addr: str, port: int, world: World, timeout: timedelta) -> di
 def shutdown() -> None:
     """Destroy the process groups once nothing uses them: collect first, so that a DDP reducer left in a reference
     cycle lets go of its group now rather than during the interpreter's teardown."""
-    global _OBJECT_GROUP
     gc.collect()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-    _OBJECT_GROUP = None
 
 
 # ----------------------------------------------------------------------------------------------- collectives
@@ -105,13 +100,13 @@ def all_reduce_sum(tensor: torch.Tensor, what: str = "a training step") -> torch
 def broadcast_object(obj: Any, world: World, what: str = "the start of the run") -> Any:
     """Rank 0's ``obj`` on every rank (pickled between our own processes only)."""
     box = [obj if world.is_main else None]
-    _guard(what, lambda: dist.broadcast_object_list(box, src=0, group=_OBJECT_GROUP))
+    _guard(what, lambda: dist.broadcast_object_list(box, src=0))
     return box[0]
 
 
 def all_gather_object(obj: Any, world: World, what: str = "a checkpoint") -> list[Any]:
     out: list[Any] = [None] * world.size
-    _guard(what, lambda: dist.all_gather_object(out, obj, group=_OBJECT_GROUP))
+    _guard(what, lambda: dist.all_gather_object(out, obj))
     return out
 
 
