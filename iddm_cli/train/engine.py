@@ -17,6 +17,7 @@ import io
 import math
 import random
 import signal
+import statistics
 import time
 from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass
@@ -125,15 +126,17 @@ class Session:
         return str(math.ceil(self.total / self.plan.steps_per_epoch)) if self.total is not None else "?"
 
     def _plan_length(self, epoch: int, batch: int) -> None:
-        """--max-time: time MEASURED_STEPS steps after WARM_STEPS (from one step's end to the next inside an epoch,
-        so no epoch end is in it), then fix the step count so that the steps, every epoch end to come (checkpoint,
-        preview, evaluation, validation: each estimated from a timed pass) and the final one fit in what is left
-        of the budget. Every rank counts the same steps, so all get here at the same step; rank 0 decides."""
+        """--max-time: time MEASURED_STEPS steps (their median) after WARM_STEPS (from one step's end to the next
+        inside an epoch, so no epoch end is in it), then fix the step count so that the steps, every epoch end to
+        come (checkpoint, preview, evaluation, validation: each estimated from a timed pass) and the final one fit in
+        what is left of the budget. Every rank counts the same steps, so all get here at the same step; rank 0
+        decides."""
         if len(self._durations) != WARM_STEPS + MEASURED_STEPS:
             return
         total, lines = None, []
         if self.world.is_main:
-            per_step = max(1e-9, sum(self._durations[WARM_STEPS:]) / MEASURED_STEPS)
+            # the median: a few steps slowed by another process for a moment do not shorten the whole run
+            per_step = max(1e-9, statistics.median(self._durations[WARM_STEPS:]))
             end_cost, save = self.task.end_cost(), self._save_seconds(epoch, batch + 1)
             left = self.plan.budget_s * (1 - BUDGET_RESERVE) - (time.monotonic() - self.started)
             spe, pos = self.plan.steps_per_epoch, epoch * self.plan.steps_per_epoch + batch + 1

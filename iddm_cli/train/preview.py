@@ -1,4 +1,9 @@
-"""Training previews: deterministic DDIM samples from the EMA weights, sharded over the ranks of a DDP run."""
+"""Training previews and evaluation samples: deterministic DPM-Solver++(2M) samples from the EMA weights, sharded
+over the ranks of a DDP run.
+
+DPM-Solver++(2M) because it measured best at equal network calls: after 10 CPU-minutes of demo training at 32 px,
+fid1k 135.75 at 20 steps against DDIM's 181.64 (the README's quality table).
+"""
 
 from __future__ import annotations
 
@@ -13,12 +18,13 @@ from iddm_cli.diffusion.schedule import Diffusion
 from iddm_cli.train import distributed as dist
 
 PREVIEW_BATCH = 64
+PREVIEW_SAMPLER = "dpmpp2m"  # deterministic, one network call per step
 
 
 def sharded_sample(model: nn.Module, diffusion: Diffusion, noise: torch.Tensor, labels: torch.Tensor | None,
                    world: World, *, steps: int, cfg_scale: float, clip: float | None = 1.0) -> torch.Tensor | None:
-    """Deterministic DDIM samples from ``noise`` (N, C, H, W). Under DDP each rank samples a contiguous share and
-    rank 0 gathers them, so no rank waits long for another; returns the images on rank 0, None elsewhere.
+    """Deterministic PREVIEW_SAMPLER samples from ``noise`` (N, C, H, W). Under DDP each rank samples a contiguous
+    share and rank 0 gathers them, so no rank waits long for another; returns the images on rank 0, None elsewhere.
     ``clip``: the data range (None for latents)."""
     n = noise.shape[0]
     share = math.ceil(n / world.size)
@@ -27,7 +33,7 @@ def sharded_sample(model: nn.Module, diffusion: Diffusion, noise: torch.Tensor, 
     for i in range(lo, hi, PREVIEW_BATCH):
         j = min(hi, i + PREVIEW_BATCH)
         y = labels[i:j] if labels is not None else None
-        mine[i - lo:j - lo] = sample(model, diffusion, noise[i:j], y, sampler="ddim", steps=steps,
+        mine[i - lo:j - lo] = sample(model, diffusion, noise[i:j], y, sampler=PREVIEW_SAMPLER, steps=steps,
                                      cfg_scale=cfg_scale, clip=clip)
     if not world.launched:
         return mine[:n]

@@ -26,7 +26,7 @@ from iddm_cli.metrics.image import PSNR_CAP, psnr, ssim
 from iddm_cli.nets.autoencoder import vae_loss
 from iddm_cli.train import distributed as dist
 from iddm_cli.train.objectives import LOSSES
-from iddm_cli.train.preview import PREVIEW_BATCH, sharded_sample
+from iddm_cli.train.preview import PREVIEW_BATCH, PREVIEW_SAMPLER, sharded_sample
 
 if TYPE_CHECKING:
     from iddm_cli.train.engine import Session
@@ -232,8 +232,9 @@ class DiffusionTask:
                 timed[batch] = forward_seconds(lambda: s.ema.model(x, t, y), s.device)
             return timed[batch]
 
-        def sampling(n: int, steps: int) -> float:  # DDIM on this rank's share of n images, batch by batch
-            share, calls = math.ceil(n / world.size), SAMPLERS["ddim"].nfe(len(timesteps(self.diffusion, steps)))
+        def sampling(n: int, steps: int) -> float:  # the preview sampler on this rank's share, batch by batch
+            share = math.ceil(n / world.size)
+            calls = SAMPLERS[PREVIEW_SAMPLER].nfe(len(timesteps(self.diffusion, steps)))
             full, rest = divmod(share, PREVIEW_BATCH)
             return calls * (full * (call(PREVIEW_BATCH) if full else 0.0) + (call(rest) if rest else 0.0))
 
@@ -276,8 +277,8 @@ class DiffusionTask:
         return path
 
     def generate(self, noise: torch.Tensor, labels: torch.Tensor | None, steps: int) -> torch.Tensor | None:
-        """Deterministic DDIM images in [-1, 1] from the EMA weights (decoded, for a latent model), sharded over the
-        ranks; returned on rank 0, None elsewhere."""
+        """Deterministic images (the preview sampler) in [-1, 1] from the EMA weights (decoded, for a latent model),
+        sharded over the ranks; returned on rank 0, None elsewhere."""
         s = self.s
         out = sharded_sample(s.ema.model, self.diffusion, noise, labels, s.world, steps=steps,
                              cfg_scale=s.c.diffusion.cfg_scale, clip=self.clip)
