@@ -50,8 +50,11 @@ else
   ddp_check "$RUNS/ddp"
 fi
 
-step "throughput table: every network at 32 and 64 px, batch 128, one GPU: fp32, bf16, channels_last, compile"
-run python benchmarks/train_throughput.py --table --batch-size 128 --steps 20 --warmup 5
+step "throughput table: every network at 32 and 64 px, batch 128, one GPU: fp32, bf16, channels_last"
+run python benchmarks/train_throughput.py --table --batch-size 128 --steps 20 --warmup 5 --variants fp32,bf16,channels_last
+step "throughput table: torch.compile (fp32), unet and adm-s at 32 px, batch 128"
+run python benchmarks/train_throughput.py --table --batch-size 128 --steps 20 --warmup 5 --variants compile \
+  --networks unet,adm-s --sizes 32
 
 step "latent diffusion: autoencoder, pixel and latent diffusion images/s at 64 and 128 px, batch 32"
 run python benchmarks/latent_throughput.py --batch-size 32 --steps 10

@@ -81,21 +81,24 @@ def iddm(*args: str, threads: int | None = None) -> subprocess.CompletedProcess:
 def train(args: argparse.Namespace, data: Path, run_dir: Path) -> tuple[float, int]:
     """Train for the budget (planned with --max-time, or stopped as Ctrl-C would stop it when it is spent); returns
     the wall time and the steps trained."""
+    if run_dir.exists():
+        sys.exit(f"{run_dir} exists: give another --name, or score it with --checkpoint {run_dir}")
     length = ["--max-time", f"{args.budget:g}s"] if args.planned else ["--epochs", "100000"]
+    log = run_dir.parent / f"{run_dir.name}.stderr.log"  # a file, not a pipe that a long run could fill
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "iddm_cli", "dm", "train", "--profile", args.profile,
-                             "--dataset-path", str(data), "--image-size", str(args.image_size), *length,
-                             "--no-vis", "--result-path", str(run_dir.parent), "--run-name", run_dir.name,
-                             *shlex.split(args.train_args)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        proc.wait(timeout=None if args.planned else args.budget)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)
-        proc.wait()
+    with log.open("w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "iddm_cli", "dm", "train", "--profile", args.profile,
+                                 "--dataset-path", str(data), "--image-size", str(args.image_size), *length,
+                                 "--no-vis", "--result-path", str(run_dir.parent), "--run-name", run_dir.name,
+                                 *shlex.split(args.train_args)], stdout=subprocess.DEVNULL, stderr=stderr)
+        try:  # a planned run ends itself inside its budget; this is the backstop if it hangs
+            proc.wait(timeout=1.5 * args.budget + 120 if args.planned else args.budget)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)
+            proc.wait()
     seconds = time.perf_counter() - start
     if not (run_dir / "ckpt_last.pt").is_file():
-        sys.exit(f"training left no checkpoint: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
+        sys.exit(f"training left no checkpoint: {log.read_text()[-2000:]}")
     ckpt = torch.load(run_dir / "ckpt_last.pt", map_location="cpu", weights_only=True)
     return seconds, int(ckpt["progress"]["step"])
 

@@ -7,19 +7,22 @@
 
 Prints images/s, peak memory and achieved GFLOP/s (FLOPs of one step counted with torch.utils.flop_counter)
 for each precision, on the device that is present (CUDA if available, else CPU). --table prints one Markdown row
-per network, image size and variant: fp32; bf16 (--amp: bf16 autocast where the device has it, else the row says
-so and is not measured); channels_last (fp32); compile (fp32, torch.compile, timed after its compilation).
-IDDM's networks run at their default width (--base-channels 64), the ADM sizes at their own.
+per network, image size and variant: fp32; bf16 (--amp where it means bf16 autocast; elsewhere, fp16 on GPUs before
+Ampere or fp32 on CPUs without bf16, the row says so and is not measured); channels_last (fp32); compile (fp32,
+torch.compile, timed after its compilation). A row that fails (out of memory, a compile error) prints its error and
+the table goes on. IDDM's networks run at their default width (--base-channels 64), the ADM sizes at their own.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -50,10 +53,23 @@ def bench(args: argparse.Namespace, amp: bool, tmp: Path) -> dict[str, float | s
              "run_name": f"bench-{name}", "image_size": args.image_size, "batch_size": args.batch_size,
              "network": args.network, "base_channels": args.base_channels, "amp": amp, "augment": "resize"}
     plan = plan_training(resolve(flags=flags).config)
-    if amp and plan.amp_dtype is None and args.table:
+    if amp and plan.amp_dtype is not torch.bfloat16 and args.table:  # fp16 on a GPU older than Ampere, or fp32
         return {"precision": "bf16", "skipped": "no bf16 on this device"}
     plan.run_dir.mkdir(parents=True)
-    session = Session(plan, SilentReporter(), RunLogger(plan.run_dir))
+    logger = RunLogger(plan.run_dir)
+    session = Session(plan, SilentReporter(), logger)
+    try:
+        return measure(args, plan, session, amp)
+    finally:  # nothing of this row stays for the next (the session and its task refer to each other)
+        session.close()
+        logger.close()
+        del session
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def measure(args: argparse.Namespace, plan: Any, session: Session, amp: bool) -> dict[str, float | str]:
     if args.channels_last:
         session.model.to(memory_format=torch.channels_last)
     if args.compile:
@@ -103,15 +119,21 @@ def table(args: argparse.Namespace, name: str) -> None:
                                                 "channels_last": options.get("channels_last", False),
                                                 "compile": options.get("compile", False)})
                     torch.manual_seed(0)
-                    r = bench(run, options.get("amp", False), Path(tmp))
+                    try:
+                        r = bench(run, options.get("amp", False), Path(tmp))
+                    except Exception as err:  # one row's failure (out of memory, a compile error) is that row's
+                        print(f"| {network} | {size} | {variant} | | error: {str(err).splitlines()[0][:120]} | | |",
+                              flush=True)
+                        continue
+                    finally:
+                        if run.compile:
+                            torch._dynamo.reset()
                     if "skipped" in r:
                         print(f"| {network} | {size} | {variant} | | {r['skipped']} | | |", flush=True)
                         continue
                     peak = f"{r['peak_mb']:.0f}" if r["device"].startswith("cuda") else "-"  # CPU: no per-row peak
                     print(f"| {network} | {size} | {variant} | {r['gflop_per_image']:.2f} | {r['images_per_s']:.1f} "
                           f"| {r['gflops']:.1f} | {peak} |", flush=True)
-                    if run.compile:
-                        torch._dynamo.reset()
 
 
 def main() -> None:

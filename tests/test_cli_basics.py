@@ -53,4 +53,4 @@ def test_completion_offers_commands_choices_and_profiles():
 
     assert complete("iddm dm tr", 2) == ["train"]
     assert complete("iddm dm train --network ", 4) == ["unet", "cspdarkunet", "adm-xs", "adm-s", "adm-m"]
-    assert {"demo", "cifar10", "landscape", "ci-smoke"} <= set(complete("iddm dm train --profile ", 4))
+    assert {"demo", "cpu-32", "cifar10", "landscape", "ci-smoke"} <= set(complete("iddm dm train --profile ", 4))

@@ -1,4 +1,4 @@
-"""Networks, schedules, the DDIM preview sampler and the registries."""
+"""Networks, schedules, the DDIM sampler and the registries."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ def test_wheel_ships_profiles_demo_data_and_completions(tmp_path):
     assert build.returncode == 0, build.stderr
     wheel = next(tmp_path.glob("iddm-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert {f"iddm_cli/profiles/{p}.toml" for p in ("demo", "cifar10", "landscape", "ci-smoke")} <= set(names)
+    assert {f"iddm_cli/profiles/{p}.toml" for p in ("demo", "cpu-32", "cifar10", "landscape", "ci-smoke")} <= set(names)
     assert sum(n.startswith("iddm_cli/demo_data/fashion-mnist/") and n.endswith(".png") for n in names) == 1200
     assert "iddm_cli/demo_data/fashion-mnist/LICENSE.txt" in names
     assert any(n.endswith("share/bash-completion/completions/iddm") for n in names)

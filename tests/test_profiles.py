@@ -7,7 +7,7 @@ import pytest
 from iddm_cli.config.loader import available_profiles
 from tests.conftest import make_dataset
 
-SHIPPED = ["demo", "cifar10", "landscape", "ci-smoke"]
+SHIPPED = ["demo", "cpu-32", "cifar10", "landscape", "ci-smoke"]
 LATENT = ["latent-demo"]
 AUTOENCODER = ["vae-demo", "neu-det"]
 

@@ -67,7 +67,8 @@ class DiffusionTask:
         evaluated = (state or {}).get("eval") or {}
         self.best_fid, self.best_fid_epoch = evaluated.get("best_fid", math.inf), evaluated.get("best_epoch", 0)
         self.reference_key = session.c.eval.eval_ref or session.c.data.dataset_path
-        self.best_metric = tuple(evaluated.get("metric") or ()) or None  # (fid name, reference) of the record
+        # (fid name, reference, sampler-steps) of the record: another of any of them starts a new record
+        self.best_metric = tuple(evaluated.get("metric") or ()) or None
         self.fid_improved = False
         self.last_fid: tuple[str, float] | None = None  # (metric, value) of this epoch's evaluation
         self.inception: Any = None  # rank 0's network and reference, loaded at the first evaluation
@@ -175,8 +176,9 @@ class DiffusionTask:
             return {}
         result = scores(torch.cat(features), self._scorer()[1], None, [], 100, 1000)
         fid_name = metric_name("fid", n)
-        if self.best_metric != (fid_name, self.reference_key):  # another sample count or reference: a new record
-            self.best_fid, self.best_fid_epoch, self.best_metric = math.inf, 0, (fid_name, self.reference_key)
+        metric = (fid_name, self.reference_key, f"{PREVIEW_SAMPLER}-{c.eval.eval_steps}")
+        if self.best_metric != metric:  # another sample count, reference, sampler or step count: a new record
+            self.best_fid, self.best_fid_epoch, self.best_metric = math.inf, 0, metric
         self.fid_improved = result.fid < self.best_fid
         if self.fid_improved:
             self.best_fid, self.best_fid_epoch = result.fid, done
