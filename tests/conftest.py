@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from iddm_cli.cli.app import app
+
+# The signal tests expect Python's own Ctrl-C handling. A suite started in the background of a non-interactive shell
+# (`cmd &`) inherits SIGINT ignored, and the trainer rightly restores whatever it found: start from Python's default.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Flags that make any training tiny: 8 px, 4 base channels, 20 diffusion steps, one epoch.
 TINY = ["--image-size", "8", "--base-channels", "4", "--noise-steps", "20", "--epochs", "1", "--batch-size", "4",
