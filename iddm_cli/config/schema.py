@@ -107,8 +107,8 @@ class DiffusionConfig:
 
     noise_steps: int = opt(1000, "Diffusion steps T.", ge=2, le=100_000)
     noise_schedule: str = opt("linear", "Beta schedule.", choices=C.NOISE_SCHEDULES)
-    sample: str = opt("dpmpp2m", "Default sampler recorded in the checkpoint for `iddm sample` (IDDM's was ddpm); "
-                      "training previews and evaluations use dpmpp2m.", choices=C.SAMPLERS, short="-s")
+    sample: str = opt("ddpm", "Default sampler recorded in the checkpoint for `iddm sample`; training previews "
+                      "use deterministic DDIM.", choices=C.SAMPLERS, short="-s")
     cfg_scale: float = opt(3.0, "Classifier-free guidance scale for previews (1 = no guidance).", ge=0.0,
                              le=100.0)
     cfg_dropout: float = opt(0.1, "Per-sample probability of training on the null class (conditional only).",
@@ -190,7 +190,7 @@ class VisConfig:
                             resumable=True)
     num_vis: int = opt(-1, "Images per class in the grid (conditional) or in total (unconditional); -1 = 8.",
                        ge=-1, le=1000, resumable=True)
-    vis_steps: int = opt(20, "DPM-Solver++(2M) steps for the preview grid.", ge=1, le=100_000, resumable=True)
+    vis_steps: int = opt(50, "DDIM steps for the preview grid.", ge=1, le=100_000, resumable=True)
     image_format: str = opt("png", "Format of sample grids.", choices=C.IMAGE_FORMATS, resumable=True)
 
 
@@ -198,13 +198,12 @@ class VisConfig:
 class EvalConfig:
     PANEL: ClassVar[str] = "Evaluation"
 
-    eval_interval: int = opt(0, "Every N epochs (and after the last), FID and KID of eval_num DPM-Solver++(2M) "
-                             "samples from the EMA weights against eval_ref; the best FID is kept as "
-                             "ckpt_best_fid.pt (0 = off). Needs iddm's eval extra (the Inception weights).", ge=0,
-                             metavar="N", resumable=True)
+    eval_interval: int = opt(0, "Every N epochs (and after the last), FID and KID of eval_num DDIM samples from the "
+                             "EMA weights against eval_ref; the best FID is kept as ckpt_best_fid.pt (0 = off). "
+                             "Needs iddm's eval extra (the Inception weights).", ge=0, metavar="N", resumable=True)
     eval_num: int = opt(1000, "Samples per evaluation (a conditional model: the same number of every class).", ge=2,
                         le=100_000, resumable=True)
-    eval_steps: int = opt(20, "DPM-Solver++(2M) steps of the evaluation samples.", ge=1, le=100_000, resumable=True)
+    eval_steps: int = opt(20, "DDIM steps of the evaluation samples.", ge=1, le=100_000, resumable=True)
     eval_ref: str = opt("", "Reference images or statistics file (empty = the training images; their statistics "
                         "are cached).", metavar="DIR|FILE", resumable=True)
 

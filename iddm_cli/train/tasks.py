@@ -234,7 +234,7 @@ class DiffusionTask:
                 timed[batch] = forward_seconds(lambda: s.ema.model(x, t, y), s.device)
             return timed[batch]
 
-        def sampling(n: int, steps: int) -> float:  # the preview sampler on this rank's share, batch by batch
+        def sampling(n: int, steps: int) -> float:  # DDIM on this rank's share of n images, batch by batch
             share = math.ceil(n / world.size)
             calls = SAMPLERS[PREVIEW_SAMPLER].nfe(len(timesteps(self.diffusion, steps)))
             full, rest = divmod(share, PREVIEW_BATCH)
@@ -279,7 +279,7 @@ class DiffusionTask:
         return path
 
     def generate(self, noise: torch.Tensor, labels: torch.Tensor | None, steps: int) -> torch.Tensor | None:
-        """Deterministic images (the preview sampler) in [-1, 1] from the EMA weights (decoded, for a latent model),
+        """Deterministic DDIM images in [-1, 1] from the EMA weights (decoded, for a latent model),
         sharded over the ranks; returned on rank 0, None elsewhere."""
         s = self.s
         out = sharded_sample(s.ema.model, self.diffusion, noise, labels, s.world, steps=steps,
