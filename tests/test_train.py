@@ -209,3 +209,14 @@ def test_kimg_counts_whole_images_in_global_batches(cond_data, tmp_path):
     for kimg, batch, steps in [(128.448, 64, 2007), (0.001, 4, 1), (0.0041, 4, 1), (0.005, 4, 2), (1, 3, 334)]:
         plan = plan_training(resolve(flags={**flags, "kimg": kimg, "batch_size": batch}).config)
         assert plan.total_steps == steps, (kimg, batch)  # 128.448 x 1000 / 64 is 2007 exactly, not 2008
+
+
+def test_a_best_fid_record_continues_only_with_the_same_metric():
+    from iddm_cli.train.tasks import same_record
+
+    metric = ("fid1k", "data/train", "ddim-20")
+    assert same_record(metric, metric) and not same_record(None, metric)
+    assert not same_record(("fid1k", "data/train", "ddim-50"), metric)  # another step count: a new record
+    assert not same_record(("fid2k", "data/train", "ddim-20"), metric)
+    assert same_record(("fid1k", "data/train"), metric)  # stored before the steps were part of it: continued
+    assert not same_record(("fid1k", "data/val"), metric)

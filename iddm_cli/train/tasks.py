@@ -35,6 +35,15 @@ ENCODE_BATCH = 64
 SCALE_IMAGES = 512  # images the latent scale is measured on when latents are not cached
 
 
+def same_record(stored: tuple[Any, ...] | None, metric: tuple[str, str, str]) -> bool:
+    """Whether an evaluation ``metric`` (fid name, reference, sampler-steps) continues the ``stored`` best-FID record.
+    A record stored as (fid name, reference) predates the sampler-steps key; its evaluations were DDIM, so it is
+    continued rather than dropped, and its ckpt_best_fid.pt is not replaced by a worse one."""
+    if stored is not None and len(stored) == 2:
+        return tuple(stored) == metric[:2]
+    return stored == metric
+
+
 @torch.no_grad()
 def forward_seconds(forward: Callable[[], Any], device: torch.device) -> float:
     """Seconds of one call of ``forward`` (a no-grad network pass; the second of two, so that allocation is not
@@ -177,8 +186,9 @@ class DiffusionTask:
         result = scores(torch.cat(features), self._scorer()[1], None, [], 100, 1000)
         fid_name = metric_name("fid", n)
         metric = (fid_name, self.reference_key, f"{PREVIEW_SAMPLER}-{c.eval.eval_steps}")
-        if self.best_metric != metric:  # another sample count, reference, sampler or step count: a new record
-            self.best_fid, self.best_fid_epoch, self.best_metric = math.inf, 0, metric
+        if not same_record(self.best_metric, metric):  # another count, reference, sampler or steps: a new record
+            self.best_fid, self.best_fid_epoch = math.inf, 0
+        self.best_metric = metric
         self.fid_improved = result.fid < self.best_fid
         if self.fid_improved:
             self.best_fid, self.best_fid_epoch = result.fid, done
