@@ -27,7 +27,7 @@ from iddm_cli.core.images import PIL_FORMATS, save_grid, to_uint8
 from iddm_cli.core.latent import LatentCodec, load_autoencoder
 from iddm_cli.core.rundir import check_writable, plan_run_dir
 from iddm_cli.diffusion.samplers import SAMPLERS, sample, timesteps
-from iddm_cli.diffusion.schedule import Diffusion
+from iddm_cli.diffusion.schedule import PREDICTIONS, Diffusion
 from iddm_cli.errors import CheckpointError, ConfigError
 from iddm_cli.nets import build_stored
 
@@ -159,7 +159,11 @@ def load_for_sampling(ckpt: dict[str, Any], req: SampleRequest, device: torch.de
     model.load_state_dict(strip_prefix(ckpt[weights]))
     # channels_last on a CPU: 12% faster convolutions for the unet at 32 px (batch 512, 1 and 2 threads)
     model.to(device, memory_format=torch.channels_last if device.type == "cpu" else torch.preserve_format).eval()
-    diffusion = Diffusion(ckpt["diffusion"]["name"], ckpt["diffusion"]["noise_steps"])
+    prediction = ckpt["diffusion"].get("prediction", "epsilon")
+    if prediction not in PREDICTIONS:
+        raise CheckpointError(f"the checkpoint's network predicts {prediction!r}, which this iddm cannot sample "
+                              f"from (it knows {', '.join(PREDICTIONS)}); upgrade iddm")
+    diffusion = Diffusion(ckpt["diffusion"]["name"], ckpt["diffusion"]["noise_steps"], prediction)
     return Loaded(ckpt, model, diffusion, codec, weights, [codec_note] if codec_note else [])
 
 

@@ -89,6 +89,9 @@ def test_pretrain_through_the_cli(invoke, cond_data, tmp_path):
     assert "2 classes and this dataset 3: the class embedding starts fresh" in " ".join(result.output.split())
     result = invoke(*args, "--base-channels", "8", "--pretrain", "--pretrain-path", source)
     assert result.exit_code == 2 and "does not fit this network" in result.output
+    result = invoke(*args, "--prediction", "v", "--pretrain", "--pretrain-path", source)  # a noise predictor
+    assert result.exit_code == 2 and "predicts 'epsilon' and this run 'v'" in result.output
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["df"]  # the refused runs wrote nothing
 
 
 def test_api_accepts_iddm_namespaces_and_overrides(cond_data, tmp_path):

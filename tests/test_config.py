@@ -190,3 +190,16 @@ def test_pretrain_needs_its_path():
 def test_every_key_is_unique_and_documented():
     for spec in FIELDS.values():
         assert spec.help and spec.help.endswith((".", ")")), spec.name
+
+
+def test_loader_workers_auto_is_none_on_the_cpu_and_leaves_a_core_per_gpu_process(monkeypatch):
+    import os
+
+    from iddm_cli.core.devices import loader_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
+    assert loader_workers(-1, "cpu", 1) == 0
+    assert loader_workers(-1, "cuda", 1) == 8  # 31 cores free: capped at 8
+    assert loader_workers(-1, "cuda", 8) == 3  # 4 cores per process, one of them the training thread's
+    assert loader_workers(-1, "cuda", 64) == 0
+    assert loader_workers(2, "cpu", 1) == 2 and loader_workers(0, "cuda", 1) == 0  # an explicit count is kept

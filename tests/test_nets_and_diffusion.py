@@ -8,7 +8,7 @@ import torch
 from iddm_cli import choices
 from iddm_cli.diffusion.oracle import GaussianOracle
 from iddm_cli.diffusion.samplers import SAMPLERS, sample, timesteps
-from iddm_cli.diffusion.schedule import SCHEDULES, Diffusion
+from iddm_cli.diffusion.schedule import PREDICTIONS, SCHEDULES, Diffusion
 from iddm_cli.nets import NETWORKS, build_network, count_parameters
 from iddm_cli.nets.layers import ACTIVATIONS, EmbProjection
 from iddm_cli.train.objectives import LOSSES, LR_FUNCS, OPTIMIZERS
@@ -18,6 +18,7 @@ def test_registries_match_the_cli_choices():
     assert tuple(NETWORKS) == choices.NETWORKS
     assert tuple(ACTIVATIONS) == choices.ACTIVATIONS
     assert tuple(SCHEDULES) == choices.NOISE_SCHEDULES
+    assert PREDICTIONS == choices.PREDICTIONS
     assert tuple(LOSSES) == choices.LOSSES
     assert tuple(OPTIMIZERS) == choices.OPTIMIZERS
     assert tuple(LR_FUNCS) == choices.LR_FUNCS
@@ -100,6 +101,55 @@ def test_every_sampler_recovers_a_gaussian(name, schedule):
     out = sample(GaussianOracle(d, mu, s), d, noise, None, sampler=name)  # default step count
     assert abs(out.mean().item() - mu) < 0.02
     assert abs(out.std().item() / s - 1) < 0.06, out.std().item()
+
+
+class PredictingOracle(GaussianOracle):
+    """The exact predictor for Gaussian data, answering in v or x0 as a network trained for them would."""
+
+    def __init__(self, diffusion: Diffusion, mu: float, s: float, prediction: str):
+        super().__init__(diffusion, mu, s)
+        self.prediction = prediction
+
+    def forward(self, x, t, y=None):
+        eps = super().forward(x, t, y)
+        abar = self.d.abar_at(t).float().view(-1, *([1] * (x.dim() - 1)))
+        a, s = abar.sqrt(), (1 - abar).sqrt()
+        x0 = (x - s * eps) / a
+        return a * eps - s * x0 if self.prediction == "v" else x0
+
+
+@pytest.mark.parametrize("prediction", ["v", "x0"])
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_every_sampler_recovers_a_gaussian_from_v_and_x0_predictions(name, prediction):
+    d, mu, s = Diffusion("linear", 1000, prediction), 0.3, 0.2
+    noise = torch.randn(2000, 1, 1, 1, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)  # the stochastic samplers' fresh noise
+    out = sample(PredictingOracle(d, mu, s, prediction), d, noise, None, sampler=name)
+    torch.manual_seed(0)
+    reference = sample(GaussianOracle(d, mu, s), Diffusion("linear", 1000), noise, None, sampler=name)
+    assert abs(out.mean().item() - mu) < 0.02 and abs(out.std().item() / s - 1) < 0.06
+    assert torch.allclose(out, reference, atol=2e-3)  # the same sampler path as from the noise prediction
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_targets_convert_back_and_min_snr_weights_are_x0_errors(prediction):
+    d = Diffusion("cosine", 1000, prediction)
+    g = torch.Generator().manual_seed(1)
+    x0, noise = torch.randn(4, 2, 3, 3, generator=g), torch.randn(4, 2, 3, 3, generator=g)
+    t = torch.tensor([0, 40, 500, 990])
+    x_t = d.q_sample(x0, t, noise)
+    target = d.target(x0, t, noise)
+    assert torch.allclose(d.to_eps(target, x_t, t.double()), noise, atol=1e-3)
+    # an x0 error e moves the target by a t-dependent factor; the weighted target error is min(SNR, 5) |e|^2
+    e = 0.01 * torch.randn(x0.shape, generator=g)
+    abar = d.alpha_bar[t].double()
+    snr = abar / (1 - abar)
+    a, s = abar.sqrt().view(-1, 1, 1, 1), (1 - abar).sqrt().view(-1, 1, 1, 1)
+    eps_wrong = (x_t.double() - a * (x0 + e).double()) / s  # the noise that x0 + e implies at x_t
+    wrong = {"epsilon": eps_wrong, "x0": (x0 + e).double(), "v": a * eps_wrong - s * (x0 + e).double()}[prediction]
+    target_error = (wrong - target.double()).pow(2).flatten(1).sum(1)
+    weighted = d.min_snr_weight(t, 5.0).double() * target_error
+    assert torch.allclose(weighted, snr.clamp(max=5) * e.double().pow(2).flatten(1).sum(1), rtol=1e-3)
 
 
 def test_ddim_is_deterministic_and_clips():

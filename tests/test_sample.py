@@ -150,3 +150,22 @@ def test_an_adm_checkpoint_samples_with_no_model_flags(tmp_path):
     from iddm_cli.core.checkpoint import load_checkpoint
 
     assert load_checkpoint(trained.checkpoint)["network"]["kwargs"]["size"] == "xs"  # stored, not only named
+
+
+def test_a_v_prediction_checkpoint_samples_and_unknown_predictions_are_refused(tmp_path):
+    from iddm_cli.core.checkpoint import load_checkpoint, save_checkpoint
+
+    data = make_dataset(tmp_path / "d", ["cat", "dog"], mode="L")
+    trained = DMTrainer(dataset_path=str(data), result_path=str(tmp_path), run_name="v", reporter=SilentReporter(),
+                        prediction="v", min_snr_gamma=5.0, **TINY).train()
+    result = run(trained.run_dir, "--sampler", "dpmpp2m", "--steps", "3", "--num", "1", "--out", tmp_path / "s")
+    assert result.exit_code == 0, result.output
+    assert sorted(pixels(tmp_path / "s")) == ["cat_0000.png", "dog_0000.png"]
+    ckpt = load_checkpoint(trained.checkpoint)
+    ckpt["diffusion"]["prediction"] = "score"
+    save_checkpoint(tmp_path / "odd.pt", ckpt)
+    result = run(tmp_path / "odd.pt", "--num", "1", "--out", tmp_path / "o")
+    assert result.exit_code == 2 and "predicts 'score'" in result.output and not (tmp_path / "o").exists()
+    save_checkpoint(tmp_path / "new.pt", {**ckpt, "format_version": 3})
+    result = run(tmp_path / "new.pt", "--num", "1", "--out", tmp_path / "n")
+    assert result.exit_code == 2 and "written by a newer iddm" in result.output

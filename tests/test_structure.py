@@ -79,7 +79,7 @@ def test_resume_help_lists_exactly_the_resumable_settings(runner):
         if spec.kind == "bool":
             expected.add("--no-" + spec.flag[2:])
     assert shown == expected
-    assert len(resumable) == 26  # 21, the autoencoder file (moved) and the 4 evaluation settings
+    assert len(resumable) == 27  # 21, the autoencoder file (moved), the 4 evaluation settings and --compile
 
 
 # ----------------------------------------------------------------------------------------------- imports

@@ -109,6 +109,7 @@ def test_same_seed_same_weights(cond_data, tmp_path):
 @pytest.mark.parametrize("key,values", [
     ("network", choices.NETWORKS), ("act", choices.ACTIVATIONS), ("optim", choices.OPTIMIZERS),
     ("loss", choices.LOSSES), ("lr_func", choices.LR_FUNCS), ("noise_schedule", choices.NOISE_SCHEDULES),
+    ("prediction", choices.PREDICTIONS),
 ])
 def test_every_choice_trains(cond_data, tmp_path, key, values):
     for value in values:
@@ -118,8 +119,8 @@ def test_every_choice_trains(cond_data, tmp_path, key, values):
         result = run_engine(cond_data, tmp_path, **flags)
         ckpt = load_checkpoint(result.checkpoint)
         assert result.steps == 5 and result.skipped_steps == 0
-        assert ckpt["config"][{"network": "model", "act": "model", "noise_schedule": "diffusion"}.get(
-            key, "optim")][key] == value
+        assert ckpt["config"][{"network": "model", "act": "model", "noise_schedule": "diffusion",
+                               "prediction": "diffusion"}.get(key, "optim")][key] == value
         assert torch.isfinite(torch.tensor(result.final_loss))
 
 
@@ -220,3 +221,59 @@ def test_a_best_fid_record_continues_only_with_the_same_metric():
     assert not same_record(("fid2k", "data/train", "ddim-20"), metric)
     assert same_record(("fid1k", "data/train"), metric)  # stored before the steps were part of it: continued
     assert not same_record(("fid1k", "data/val"), metric)
+
+
+@pytest.mark.parametrize("prediction", choices.PREDICTIONS)
+def test_min_snr_weighting_trains_and_the_prediction_is_recorded(cond_data, tmp_path, prediction):
+    result = run_engine(cond_data, tmp_path, prediction=prediction, min_snr_gamma=5.0, run_name=prediction)
+    ckpt = load_checkpoint(result.checkpoint)
+    assert result.steps == 5 and result.skipped_steps == 0 and torch.isfinite(torch.tensor(result.final_loss))
+    assert ckpt["diffusion"]["prediction"] == prediction and ckpt["config"]["diffusion"]["min_snr_gamma"] == 5.0
+    # an iddm that reads only noise-predicting checkpoints (format 1) refuses the others instead of misreading them
+    assert ckpt["format_version"] == (1 if prediction == "epsilon" else 2)
+
+
+def test_ema_half_life_is_counted_in_images_whatever_the_batch():
+    from iddm_cli.train.ema import EMA
+
+    def average_after(batch: int, steps: int, rampup: float) -> float:
+        zero, one = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+        torch.nn.init.zeros_(zero.weight)
+        torch.nn.init.ones_(one.weight)
+        ema = EMA(zero, decay=0.999, halflife_kimg=0.1, rampup=rampup)
+        ema.images = 0 if rampup else 1  # without the ramp-up the average starts from the zero weights
+        for _ in range(steps):
+            ema.update(one, batch)
+        return ema.model.weight.item()
+
+    # 200 images = two half-lives of 100: the zero start keeps a quarter of its weight
+    assert average_after(4, 50, rampup=0.0) == pytest.approx(0.75, abs=1e-6)
+    assert average_after(20, 10, rampup=0.0) == pytest.approx(0.75, abs=1e-6)
+    assert average_after(4, 1, rampup=0.05) == 1.0  # with the ramp-up the first update copies the weights
+
+
+def test_ema_half_life_runs_resume_exactly(cond_data, tmp_path):
+    from iddm_cli.train.resume import plan_resume
+
+    common = {"ema_halflife_kimg": 0.01, "ema_rampup": 0.5, "epochs": 2}
+    whole = run_engine(cond_data, tmp_path, run_name="whole", **common)
+    half = run_engine(cond_data, tmp_path, run_name="half", **{**common, "epochs": 1})
+    plan, state, _ = plan_resume(half.run_dir, {"epochs": 2})
+    train(plan, SilentReporter(), state=state)
+    a, b = load_checkpoint(whole.checkpoint), load_checkpoint(half.run_dir / "ckpt_last.pt")
+    # 18 images an epoch (4 batches of 4, one of 2): the images trained on, which the resumed run read back (its
+    # fallback for older checkpoints, updates x batch, would say 40)
+    assert a["ema_images"] == b["ema_images"] == 36
+    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
+    assert not all(torch.equal(a["ema"][k], a["model"][k]) for k in a["ema"])  # an average, not a copy
+
+
+def test_compile_without_a_compiler_is_a_config_error(cond_data, tmp_path, monkeypatch):
+    import shutil
+
+    from iddm_cli.errors import ConfigError
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError, match="needs a C\\+\\+ compiler"):
+        run_engine(cond_data, tmp_path, compile=True, device="cpu")
+    assert not (tmp_path / "df").exists()  # refused while planning: nothing written

@@ -45,7 +45,8 @@ def _batch_size(default: int) -> Any:
 
 
 def _num_workers() -> Any:
-    return opt(0, "DataLoader worker processes.", ge=0, le=256, resumable=True)
+    return opt(-1, "DataLoader worker processes per training process; -1 = auto: none on the CPU (training uses "
+               "every core), min(8, CPU cores per process - 1) on CUDA.", ge=-1, le=256, resumable=True)
 
 
 def _strict_data() -> Any:
@@ -107,6 +108,13 @@ class DiffusionConfig:
 
     noise_steps: int = opt(1000, "Diffusion steps T.", ge=2, le=100_000)
     noise_schedule: str = opt("linear", "Beta schedule.", choices=C.NOISE_SCHEDULES)
+    prediction: str = opt("epsilon", "What the network predicts: epsilon (the noise, IDDM's), v (alpha eps - sigma "
+                          "x0) or x0 (the clean image); stored in the checkpoint, samplers convert.",
+                          choices=C.PREDICTIONS)
+    min_snr_gamma: float = opt(0.0, "Min-SNR-gamma loss weighting (5 in the paper): with the mse loss, each "
+                               "sample's loss becomes its x0 error times min(SNR, gamma), whatever the prediction "
+                               "(other losses take the same weights); 0 = off, every step weighted alike.",
+                               ge=0.0, le=1e6)
     sample: str = opt("ddpm", "Default sampler recorded in the checkpoint for `iddm sample`; training previews "
                       "use deterministic DDIM.", choices=C.SAMPLERS, short="-s")
     cfg_scale: float = opt(3.0, "Classifier-free guidance scale for previews (1 = no guidance).", ge=0.0,
@@ -133,11 +141,23 @@ class OptimConfig:
     lr_func: str = _lr_func("linear")
     warmup_epochs: float = opt(5.0, "Warm-up length for warmup_cosine, in epochs (fractions allowed).", ge=0.0,
                                  le=1_000_000.0)
-    loss: str = opt("mse", "Loss between predicted and true noise.", choices=C.LOSSES)
+    loss: str = opt("mse", "Loss between the network's output and its target (the noise, v or x0: --prediction).",
+                    choices=C.LOSSES)
     max_grad_norm: float = opt(1.0, "Clip the gradient norm to this value (0 = no clipping).", ge=0.0)
     ema_decay: float = opt(0.995, "EMA decay after warm-up; the warm-up uses min(decay, (1+n)/(10+n)).",
                            ge=0.0, le=1.0)
+    ema_halflife_kimg: float = opt(0.0, "EMA by half-life in thousands of training images (EDM's), the same for "
+                                   "any batch size and number of devices: each step of B images (all devices) "
+                                   "decays the average by 0.5^(B / half-life); 0 = use ema_decay per step.", ge=0.0,
+                                   le=1e9, metavar="KIMG")
+    ema_rampup: float = opt(0.05, "With ema_halflife_kimg: the half-life is at most this fraction of the images "
+                            "seen so far, so early averages forget the random start (EDM's 0.05; 0 = no ramp-up).",
+                            ge=0.0, le=1e6)
     amp: bool = opt(False, "Mixed precision: bf16 autocast where supported, else fp16 with a GradScaler on CUDA.")
+    compile: bool = opt(False, "Compile the training step's network with torch.compile (a C++ compiler on the CPU, "
+                        "Triton on CUDA): faster steps after a compilation of a minute or more at the start and at "
+                        "the first smaller batch (an epoch's last); pays off on long runs. Its generated code is "
+                        "cached in RUN/compile-cache.", resumable=True)
 
 
 @dataclass(kw_only=True)

@@ -30,7 +30,9 @@ from iddm_cli import __version__
 from iddm_cli.errors import CheckpointError, StorageError, first_line
 
 FORMAT = "iddm"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest format this iddm reads
+V_X0_FORMAT_VERSION = 2  # a network that predicts v or x0: older readers took every output for noise
+BASE_FORMAT_VERSION = 1  # written when nothing in the checkpoint needs a newer reader
 
 
 def versions() -> dict[str, str]:

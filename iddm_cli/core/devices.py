@@ -99,6 +99,18 @@ def use_device(device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
+def loader_workers(setting: int, kind: str, local_processes: int) -> int:
+    """DataLoader worker processes for ``--num-workers``: the setting, or for -1 (auto) none on the CPU, where the
+    training threads already use every core, and on CUDA min(8, CPU cores per process - 1), so that decoding and
+    augmentation run beside the GPU instead of between its steps."""
+    if setting >= 0:
+        return setting
+    if kind != "cuda":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(8, cores // max(local_processes, 1) - 1))
+
+
 def visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 

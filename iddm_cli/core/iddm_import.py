@@ -230,7 +230,7 @@ def _convert(data: dict[str, Any], path: Path, noise_schedule: str, noise_steps:
     if data.get("sample") in SAMPLERS:
         config.diffusion.sample = data["sample"]
     report.checkpoint = {
-        "format": ckpt.FORMAT, "format_version": ckpt.FORMAT_VERSION, "kind": "dm",
+        "format": ckpt.FORMAT, "format_version": ckpt.BASE_FORMAT_VERSION, "kind": "dm",
         "config": config.to_dict(), "created_config": config.to_dict(),
         "network": {"name": network, "kwargs": kwargs},
         "data": {"image_size": [h, w], "channels": kwargs["out_channels"], "conditional": bool(names),

@@ -237,6 +237,13 @@ class ImageFolderDataset(Dataset):
             x = TF.to_tensor(self.rand(img))  # (C, H, W) in [0, 1]
         return x * 2 - 1, self.samples[i][1], bad
 
+    def fill_cache(self) -> None:
+        """Decode every image into the RAM cache now (when it fits), in this process: DataLoader workers forked
+        afterwards share it, instead of each decoding and keeping its own copy."""
+        if self.cache_enabled:
+            for index in range(len(self.samples)):
+                self._decoded(index)
+
     def _decoded(self, index: int) -> Image.Image | None:
         """The resized image, from the RAM cache when it fits; None for a file that fails to decode."""
         if index in self.failed:

@@ -231,17 +231,20 @@ SAMPLER_FNS: dict[str, Callable[..., torch.Tensor]] = {
 assert SAMPLER_FNS.keys() == SAMPLERS.keys(), "every sampler needs its metadata in diffusion/registry.py"
 
 
-def guided_eps(model: torch.nn.Module, labels: torch.Tensor | None, cfg_scale: float) -> EpsFn:
+def guided_eps(model: torch.nn.Module, labels: torch.Tensor | None, cfg_scale: float,
+               diffusion: Diffusion | None = None) -> EpsFn:
     """eps_u + s (eps_c - eps_u) (Ho & Salimans 2022, eq. 6), both predictions in one batched forward pass;
-    a single pass when the model is unconditional or s = 1."""
+    a single pass when the model is unconditional or s = 1. A network that predicts v or x0 (``diffusion``'s
+    prediction) is guided on its own output, then converted: the same, since the conversion is linear."""
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if labels is None or cfg_scale == 1.0:
-            return model(x, t, labels).float()
-        null = torch.full_like(labels, model.num_classes)
-        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).float()
-        eps_c, eps_u = out.chunk(2)
-        return eps_u + cfg_scale * (eps_c - eps_u)
+            out = model(x, t, labels).float()
+        else:
+            null = torch.full_like(labels, model.num_classes)
+            out_c, out_u = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).float().chunk(2)
+            out = out_u + cfg_scale * (out_c - out_u)
+        return out if diffusion is None else diffusion.to_eps(out, x, t)
 
     return eps_fn
 
@@ -261,5 +264,5 @@ def sample(model: torch.nn.Module, diffusion: Diffusion, noise: torch.Tensor, la
         return torch.stack([torch.randn(noise.shape[1:], generator=g) for g in generators]).to(noise.device)
 
     kwargs = {} if eta is None else {"eta": eta}
-    return SAMPLER_FNS[sampler](guided_eps(model, labels, cfg_scale), diffusion, noise, ts, noise=fresh_noise,
-                                   clip=clip, **kwargs)
+    eps_fn = guided_eps(model, labels, cfg_scale, diffusion)
+    return SAMPLER_FNS[sampler](eps_fn, diffusion, noise, ts, noise=fresh_noise, clip=clip, **kwargs)

@@ -1,4 +1,9 @@
-"""Noise schedules and the forward (noising) process, epsilon parameterisation.
+"""Noise schedules, the forward (noising) process and what the network predicts.
+
+The network predicts the noise (epsilon, Ho et al. 2020; IDDM's), the velocity v = alpha eps - sigma x0 (Salimans &
+Ho 2022) or the clean image x0, with alpha = sqrt(alpha_bar), sigma = sqrt(1 - alpha_bar). Samplers work with noise
+predictions: :meth:`Diffusion.to_eps` converts the others, exactly (the conversions are linear in the output, so
+classifier-free guidance may combine either).
 
 Indexing: step t in 0..T-1 uses beta[t]; alpha_bar[t] = prod_{s<=t} (1 - beta[s]) (Ho et al. 2020, eq. 4).
 """
@@ -8,6 +13,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+PREDICTIONS = ("epsilon", "v", "x0")  # iddm_cli.choices.PREDICTIONS
 
 
 def linear_betas(T: int) -> torch.Tensor:
@@ -35,7 +42,7 @@ def sqrt_betas(T: int, s: float = 1e-4) -> torch.Tensor:
     IDDM's "sqrt" takes the square root of the linear betas (0.01..0.14), which destroys the signal within a few
     dozen steps; this is the published schedule of that name.
     """
-    abar = [1 - math.sqrt(i / T + s) for i in range(T + 1)]
+    abar = [max(1 - math.sqrt(i / T + s), 1e-12) for i in range(T + 1)]  # > 0: from T = 10,000 one would be 0
     return torch.tensor([min(1 - abar[i + 1] / abar[i], 0.999) for i in range(T)], dtype=torch.float64)
 
 
@@ -50,8 +57,11 @@ SCHEDULES = {
 class Diffusion:
     """alpha_bar for a schedule and the closed-form forward process q(x_t | x_0) (Ho et al. 2020, eq. 4)."""
 
-    def __init__(self, schedule: str = "linear", noise_steps: int = 1000):
+    def __init__(self, schedule: str = "linear", noise_steps: int = 1000, prediction: str = "epsilon"):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}: one of {', '.join(PREDICTIONS)}")
         self.schedule = schedule
+        self.prediction = prediction
         self.T = noise_steps
         betas = SCHEDULES[schedule](noise_steps)
         self.betas = betas.float()
@@ -65,9 +75,10 @@ class Diffusion:
         self._abar_on = self.alpha_bar  # alpha_bar on the device q_sample last ran on
         # log alpha_bar in float64 for real-valued steps; computed once, samplers query it every step
         self.log_abar = torch.cumsum(torch.log1p(-self.betas.double()), 0)
+        self._log_abar_on = {self.log_abar.device: self.log_abar}
 
     def describe(self) -> dict[str, object]:
-        return {"name": self.schedule, "noise_steps": self.T, "prediction": "epsilon"}
+        return {"name": self.schedule, "noise_steps": self.T, "prediction": self.prediction}
 
     def sample_t(self, n: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.randint(0, self.T, (n,), device=device, generator=generator)
@@ -75,7 +86,9 @@ class Diffusion:
     def abar_at(self, t: torch.Tensor | float) -> torch.Tensor:
         """alpha_bar at a real-valued step, interpolating log(alpha_bar) between integer steps (float64)."""
         t = torch.as_tensor(t, dtype=torch.float64).clamp(0, self.T - 1)
-        log_abar = self.log_abar
+        log_abar = self._log_abar_on.get(t.device)
+        if log_abar is None:  # one copy per device: samplers ask on the host and on the model's device every step
+            log_abar = self._log_abar_on[t.device] = self.log_abar.to(t.device)
         lo = t.floor().long()
         hi = (lo + 1).clamp(max=self.T - 1)
         w = t - lo
@@ -97,7 +110,45 @@ class Diffusion:
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps."""
-        if self._abar_on.device != x0.device:  # copied once per device, not every step (a blocking copy on CUDA)
-            self._abar_on = self.alpha_bar.to(x0.device)
-        abar = self._abar_on[t].view(-1, *([1] * (x0.dim() - 1)))  # (B, 1, 1, 1)
+        abar = self._abar(t, x0)  # (B, 1, 1, 1), copied once per device, not every step (blocking on CUDA)
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+
+    def _abar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """alpha_bar at integer steps t (B,), on like's device, shaped (B, 1, ...) to broadcast over like."""
+        if self._abar_on.device != like.device:
+            self._abar_on = self.alpha_bar.to(like.device)
+        return self._abar_on[t].view(-1, *([1] * (like.dim() - 1)))
+
+    def target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the network learns to output for x_t = q_sample(x0, t, noise)."""
+        if self.prediction == "epsilon":
+            return noise
+        if self.prediction == "x0":
+            return x0
+        abar = self._abar(t, x0)
+        return abar.sqrt() * noise - (1 - abar).sqrt() * x0  # v
+
+    def min_snr_weight(self, t: torch.Tensor, gamma: float) -> torch.Tensor:
+        """Min-SNR-gamma loss weights (Hang et al. 2023), (B,): each sample's loss counts as an x0 loss weighted by
+        min(SNR, gamma), whatever the network predicts (SNR = alpha_bar / (1 - alpha_bar))."""
+        if self._abar_on.device != t.device:
+            self._abar_on = self.alpha_bar.to(t.device)
+        abar = self._abar_on[t]
+        snr = abar / (1 - abar)
+        clipped = snr.clamp(max=gamma)
+        if self.prediction == "epsilon":  # |eps error|^2 = SNR |x0 error|^2
+            return clipped / snr
+        if self.prediction == "v":  # |v error|^2 = (SNR + 1) |x0 error|^2
+            return clipped / (snr + 1)
+        return clipped
+
+    def to_eps(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The noise prediction equal to the network's output ``out`` at x_t and real-valued steps t (B,)."""
+        if self.prediction == "epsilon":
+            return out
+        # in float32 at least (in bf16, alpha_bar at t = 0 rounds to 1), on t's device (no copy to the host)
+        abar = self.abar_at(t).to(torch.promote_types(out.dtype, torch.float32)).view(-1, *([1] * (out.dim() - 1)))
+        a, s = abar.sqrt(), (1 - abar).sqrt()
+        if self.prediction == "v":
+            return s * x_t + a * out  # eps = sigma x_t + alpha v
+        return (x_t - a * out) / s  # from x0

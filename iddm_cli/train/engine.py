@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import random
 import signal
 import statistics
@@ -35,7 +36,7 @@ from iddm_cli.core.rundir import NullLogger, RunLock, RunLogger, supersede, writ
 from iddm_cli.data.folder import EpochSampler, collate
 from iddm_cli.errors import Interrupted, TrainingError
 from iddm_cli.train import distributed as dist
-from iddm_cli.train.ema import EMA
+from iddm_cli.train.ema import make_ema
 from iddm_cli.train.objectives import LR_FUNCS, OPTIMIZERS
 from iddm_cli.train.plan import Plan, plan_training
 from iddm_cli.train.signals import ignore_ctrl_c, stop_on_signals
@@ -65,6 +66,25 @@ MEASURED_STEPS = 10  # --max-time: steps timed to fix the run's length
 BUDGET_RESERVE = 0.02  # --max-time: the share of the budget kept back for the estimates' errors
 UNPLANNED = 2**62  # the schedule's length before a --max-time run has fixed it: its start, as if endless
 
+_compile_cache_set: list[str] = []  # the folder use_compile_cache chose last in this process
+
+
+def use_compile_cache(run_dir: Path) -> None:
+    """Send --compile's generated code to RUN/compile-cache, unless the user set TORCHINDUCTOR_CACHE_DIR to a folder
+    of their own. (Importing torchvision already sets the variable to torch's default, /tmp/torchinductor_USER, and
+    an earlier run in this process to its own folder: neither is the user's choice.)"""
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+        ours = {os.path.abspath(default_cache_dir()), *_compile_cache_set}
+    except ImportError:  # the module moved: then only an unset variable or an earlier run's folder is ours to set
+        ours = set(_compile_cache_set)
+    if current and os.path.abspath(current) not in ours:
+        return
+    folder = str((run_dir / "compile-cache").absolute())
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+    _compile_cache_set[:] = [folder]
+
 
 class Session:
     """The state of one training run: model, EMA, optimizer, data, logs, and the per-step update; ``task`` is what
@@ -81,7 +101,10 @@ class Session:
         if world.launched:  # every parameter is used every step, so no find_unused_parameters
             self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type ==
                                                "cuda" else None, gradient_as_bucket_view=True)
-        self.ema = EMA(self.model, c.optim.ema_decay)
+        if c.optim.compile:  # the step's forward and backward; weights, EMA and checkpoints stay the plain module's
+            use_compile_cache(plan.run_dir)
+            self.net = torch.compile(self.net)
+        self.ema = make_ema(self.model, c)
         self.optimizer = OPTIMIZERS[c.optim.optim](self.model.parameters(), c.optim.lr)
         self.scaler = torch.amp.GradScaler("cuda") if plan.use_scaler else None
         self.lr_func = LR_FUNCS[c.optim.lr_func]
@@ -91,13 +114,16 @@ class Session:
         self.task = TASKS[plan.kind](self, state)
         dataset = self.task.dataset()
         self.sampler = EpochSampler(len(dataset), c.train.seed, world.rank, world.size)
+        if plan.loader_workers and hasattr(dataset, "fill_cache"):  # one RAM cache, shared by the forked workers
+            dataset.fill_cache()
         self.loader = DataLoader(
-            dataset, batch_size=c.data.batch_size, sampler=self.sampler, num_workers=c.data.num_workers,
+            dataset, batch_size=c.data.batch_size, sampler=self.sampler, num_workers=plan.loader_workers,
             collate_fn=collate, worker_init_fn=ignore_ctrl_c,
-            pin_memory=self.device.type == "cuda", persistent_workers=c.data.num_workers > 0, drop_last=False)
+            pin_memory=self.device.type == "cuda", persistent_workers=plan.loader_workers > 0, drop_last=False)
         self.step = 0
         self.skipped = 0
         self.nonfinite_run = 0  # consecutive non-finite steps
+        self.batch_images = 0  # images of the current step, all ranks together
         self.stop_signal: int | None = None  # set by the SIGINT/SIGTERM handler
         self.agreed_stop: int | None = None  # the signal every rank acts on, agreed after each step
         self.bad_files: set[str] = set()  # files that failed to decode; replaced, never a crash
@@ -198,8 +224,10 @@ class Session:
         """Phases 1-5: (loss, gradient norm) as device tensors, and the learning rate set for this step."""
         c = self.c
 
-        # 1. this step's own generator (seed, rank, step): every random draw of the step comes from it
+        # 1. this step's own generator (seed, rank, step): every random draw of the step comes from it; the images
+        # of the step, all ranks together (every rank takes a batch of the same size), for the EMA's half-life
         g = step_generator(c.train.seed, self.step, self.device, self.world.rank)
+        self.batch_images = x0.shape[0] * self.world.size
 
         # 2. learning rate, per step (not per epoch; the first step already trains). A --max-time run's first
         # steps, before its length is fixed, take the schedule's start (as if the run were endless)
@@ -207,8 +235,8 @@ class Session:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-        # 3. forward and loss, the task's: noise prediction (diffusion) or reconstruction (autoencoder); under DDP
-        # the task calls self.net, the wrapper that averages the gradients in backward
+        # 3. forward and loss, the task's: noise, v or x0 prediction (diffusion) or reconstruction (autoencoder);
+        # under DDP the task calls self.net, the wrapper that averages the gradients in backward
         loss = self.task.loss(x0, y, g)
 
         # 4. backward (scaled under fp16, then unscaled so that clipping sees true gradients)
@@ -250,7 +278,7 @@ class Session:
             self.scaler.update()
         else:
             self.optimizer.step()
-        self.ema.update(self.model)
+        self.ema.update(self.model, self.batch_images)
         return loss_value, grad_value, lr
 
     def _agree(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> tuple[float, float]:
@@ -338,7 +366,7 @@ class Session:
     def checkpoint_payload(self, epochs_done: int, position: int = 0) -> dict[str, Any]:
         p, data = self.plan, self.plan.data
         return {
-            "format": ckpt.FORMAT, "format_version": ckpt.FORMAT_VERSION, "kind": p.kind,
+            "format": ckpt.FORMAT, "format_version": ckpt.BASE_FORMAT_VERSION, "kind": p.kind,
             "config": self.c.to_dict(),
             "created_config": self.plan.created_config or self.c.to_dict(),  # what config.toml must match
             "network": p.network,
@@ -355,6 +383,7 @@ class Session:
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
             "ema_updates": self.ema.updates,
+            "ema_images": self.ema.images,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
@@ -390,7 +419,10 @@ class Session:
     def restore(self, state: dict[str, Any]) -> tuple[int, int, str | None]:
         """Load a training state; returns (epoch to continue, batch position in it, note)."""
         self.model.load_state_dict(ckpt.strip_prefix(state["model"]))
-        self.ema.load_state_dict(ckpt.strip_prefix(state["ema"]), state["ema_updates"])
+        # ema_images: stored since the EMA half-life; before it, every update was one global batch
+        images = state.get("ema_images", state["ema_updates"] * self.c.data.batch_size * state["progress"].get(
+            "world_size", self.world.size))
+        self.ema.load_state_dict(ckpt.strip_prefix(state["ema"]), state["ema_updates"], images)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -464,7 +496,7 @@ def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, An
                 reporter.info(line)
         elif c.train.pretrain and world.launched:  # rank 0 loaded the file while planning; it sends the weights
             dist.broadcast_tensors(session.model.state_dict().values())
-            session.ema = EMA(session.model, c.optim.ema_decay)
+            session.ema = make_ema(session.model, c)
         if world.launched:
             logger.log(dist.check_consistency(world, _weights(session)))
         restore_signals = stop_on_signals(session)

@@ -5,7 +5,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
+import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +21,7 @@ from iddm_cli.config import Config, image_hw
 from iddm_cli.config.loader import parse_duration
 from iddm_cli.config.schema import VAE, schema_of
 from iddm_cli.core.checkpoint import load_pretrained
-from iddm_cli.core.devices import Layout, World, plan_layout
+from iddm_cli.core.devices import Layout, World, loader_workers, plan_layout
 from iddm_cli.core.iddm_import import load_any
 from iddm_cli.core.latent import LatentCodec, load_autoencoder
 from iddm_cli.core.rundir import check_free_space, check_writable, claim_run_dir, plan_run_dir
@@ -77,6 +81,12 @@ class Plan:
             what = {"dm": "a diffusion-model", "vae": "an autoencoder"}
             raise ConfigError(f"train.pretrain_path: {path} is {what.get(kind, kind)} checkpoint and this run "
                               f"trains {what[self.kind]}: give {what[self.kind]} checkpoint")
+        if kind == "dm":  # the same weights mean another thing under another prediction
+            stored = (ckpt.get("diffusion") or {}).get("prediction", "epsilon")
+            if stored != self.config.diffusion.prediction:
+                raise ConfigError(f"train.pretrain_path: {path} predicts {stored!r} and this run "
+                                  f"{self.config.diffusion.prediction!r}; its weights would start from another "
+                                  f"function: add --prediction {stored}")
         act = ckpt["network"]["kwargs"].get("act")
         if ckpt["network"]["name"] == self.network["name"] and act and act != self.config.model.act:
             raise ConfigError(f"train.pretrain_path: {path} was trained with act {act!r} and this run has "
@@ -90,6 +100,11 @@ class Plan:
             self.network = {"name": self.network["name"], "kwargs": kwargs}
             self.notes.append(f"the network keeps the pretrained checkpoint's {changed}")
         self.notes += load_pretrained(self.model, ckpt, path)
+
+    @property
+    def loader_workers(self) -> int:
+        """DataLoader workers per process (--num-workers, -1 resolved for the device)."""
+        return loader_workers(self.config.data.num_workers, self.layout.kind, self.layout.nproc)
 
     @property
     def total_steps(self) -> int | None:
@@ -152,8 +167,9 @@ class Plan:
                 f"model:     {self.network['name']}{width}, act {c.model.act}, "
                 f"{count_parameters(self.model):,} parameters, {c_}x{sh}x{sw}"
                 + (f", {self.forward_gflop():.2f} GFLOP per sample and network call" if cost else ""),
-                f"diffusion: T={c.diffusion.noise_steps}, {c.diffusion.noise_schedule} schedule, epsilon prediction, "
-                f"{c.optim.loss} loss",
+                f"diffusion: T={c.diffusion.noise_steps}, {c.diffusion.noise_schedule} schedule, "
+                f"{c.diffusion.prediction} prediction, {c.optim.loss} loss"
+                + (f", Min-SNR-{c.diffusion.min_snr_gamma:g} weighting" if c.diffusion.min_snr_gamma else ""),
             ]
             if self.codec is not None:
                 r = self.codec.record
@@ -163,10 +179,13 @@ class Plan:
         return [
             *task,
             f"optimizer: {c.optim.optim} lr {c.optim.lr:g} ({c.optim.lr_func}), clip {c.optim.max_grad_norm:g}, "
-            f"EMA {c.optim.ema_decay:g}",
-            f"device:    {self.device} ({amp[self.amp_dtype]})" if self.world_size == 1 else
-            f"device:    {self.world_size} processes, {self.layout.kind} ({amp[self.amp_dtype]}), DDP over "
-            f"{self.layout.backend}",
+            + (f"EMA half-life {c.optim.ema_halflife_kimg:g} kimg"
+               + (f" (ramp-up {c.optim.ema_rampup:g})" if c.optim.ema_rampup else "")
+               if c.optim.ema_halflife_kimg else f"EMA {c.optim.ema_decay:g}"),
+            (f"device:    {self.device} ({amp[self.amp_dtype]})" if self.world_size == 1 else
+             f"device:    {self.world_size} processes, {self.layout.kind} ({amp[self.amp_dtype]}), DDP over "
+             f"{self.layout.backend}")
+            + (f", {self.loader_workers} data loader workers per process" if self.loader_workers else ""),
             f"schedule:  {self._length()}, "
             + (f"batch {c.data.batch_size}" if self.world_size == 1 else
                f"batch {c.data.batch_size} per process x {self.world_size} = {c.data.batch_size * self.world_size} "
@@ -198,6 +217,26 @@ def select_amp(device: torch.device, enabled: bool) -> tuple[torch.dtype | None,
     if torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return torch.bfloat16, False, None
     return None, False, "this CPU has no bf16 support: --amp is ignored and training stays in fp32"
+
+
+def cpp_compiler() -> str:
+    """The C++ compiler torch.compile's CPU code generation runs (Inductor's rule): $CXX, else clang++ on macOS and
+    g++ elsewhere."""
+    return os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")
+
+
+def check_compile(device: torch.device) -> None:
+    """--compile needs what torch.compile generates code with: a C++ compiler for the CPU, Triton for CUDA."""
+    if device.type == "cuda":
+        if importlib.util.find_spec("triton") is None:
+            raise ConfigError("optim.compile: torch.compile on CUDA needs Triton (pip install triton), which is not "
+                              "installed; train without --compile")
+        return
+    compiler = cpp_compiler()
+    if not shutil.which(compiler):
+        raise ConfigError(f"optim.compile: torch.compile on the CPU needs a C++ compiler and uses {compiler!r} "
+                          "($CXX, else the platform's default), which was not found; install it, point CXX at "
+                          "another, or train without --compile")
 
 
 def plan_training(config: Any, run_dir: Path | None = None, world: World | None = None,
@@ -233,6 +272,8 @@ def plan_training(config: Any, run_dir: Path | None = None, world: World | None 
         if problem:
             raise ConfigError(f"train.result_path: cannot create {run_dir}: {problem}")
     amp_dtype, use_scaler, amp_note = select_amp(device, config.optim.amp)
+    if config.optim.compile:
+        check_compile(device)
     h, w = image_hw(config)
     codec_notes: list[str] = []
     if vae:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from iddm_cli.core import checkpoint as ckpt
 from iddm_cli.core.images import save_grid
 from iddm_cli.data.folder import ImageFolderDataset, collate
 from iddm_cli.diffusion.registry import SAMPLERS
@@ -57,7 +58,8 @@ def forward_seconds(forward: Callable[[], Any], device: torch.device) -> float:
 
 
 class DiffusionTask:
-    """Epsilon prediction (Ho et al. 2020) on images in [-1, 1], or on the scaled latents of a frozen autoencoder.
+    """Noise (Ho et al. 2020), v or x0 prediction on images in [-1, 1], or on the scaled latents of a frozen
+    autoencoder.
 
     Latent diffusion (Rombach et al. 2022): the encoder runs without gradients; each step draws a latent from the
     posterior N(mean, std^2) and multiplies it by ``scale``, measured at the start of the run on the training data
@@ -69,8 +71,10 @@ class DiffusionTask:
     def __init__(self, session: Session, state: dict[str, Any] | None):
         self.s = session
         plan, c = session.plan, session.c
-        self.diffusion = Diffusion(c.diffusion.noise_schedule, c.diffusion.noise_steps)
-        self.loss_fn = LOSSES[c.optim.loss]()
+        self.diffusion = Diffusion(c.diffusion.noise_schedule, c.diffusion.noise_steps, c.diffusion.prediction)
+        self.min_snr_gamma = c.diffusion.min_snr_gamma
+        # per-sample losses when they are weighted; else the loss module's own mean (bit for bit as before)
+        self.loss_fn = LOSSES[c.optim.loss](reduction="none") if self.min_snr_gamma else LOSSES[c.optim.loss]()
         self.codec = plan.codec.to(session.device) if plan.codec is not None else None
         self.cache: tuple[torch.Tensor, torch.Tensor] | None = None  # posterior (mean, std) of every image
         evaluated = (state or {}).get("eval") or {}
@@ -140,9 +144,12 @@ class DiffusionTask:
             drop = torch.rand(b, device=device, generator=g) < c.diffusion.cfg_dropout
             labels = torch.where(drop, torch.full_like(labels, len(s.plan.data.class_names)), labels)
         x_t = self.diffusion.q_sample(x0, t, noise)
-        with s.autocast():  # predict the noise (under DDP, s.net averages the gradients in backward)
+        with s.autocast():  # predict noise, v or x0 (under DDP, s.net averages the gradients in backward)
             pred = s.net(x_t, t, labels)
-        return self.loss_fn(pred.float(), noise)
+        loss = self.loss_fn(pred.float(), self.diffusion.target(x0, t, noise))
+        if not self.min_snr_gamma:
+            return loss
+        return (loss.flatten(1).mean(1) * self.diffusion.min_snr_weight(t, self.min_snr_gamma)).mean()
 
     def _latents(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         if self.cache is not None:
@@ -154,6 +161,9 @@ class DiffusionTask:
     # checkpoints and previews -----------------------------------------------------------------------------
     def payload(self) -> dict[str, Any]:
         out: dict[str, Any] = {"diffusion": self.diffusion.describe(),
+                               # an iddm that knows only noise prediction must refuse a v or x0 network
+                               **({"format_version": ckpt.V_X0_FORMAT_VERSION}
+                                  if self.diffusion.prediction != "epsilon" else {}),
                                "eval": {"best_fid": self.best_fid, "best_epoch": self.best_fid_epoch,
                                         "metric": list(self.best_metric) if self.best_metric else None}}
         if self.codec is not None:
