@@ -153,6 +153,9 @@ def test_an_adm_checkpoint_samples_with_no_model_flags(tmp_path):
 
 
 def test_a_v_prediction_checkpoint_samples_and_unknown_predictions_are_refused(tmp_path):
+    import torch
+
+    from iddm_cli.sampling import SampleRequest, load_for_sampling
     from iddm_cli.core.checkpoint import load_checkpoint, save_checkpoint
 
     data = make_dataset(tmp_path / "d", ["cat", "dog"], mode="L")
@@ -162,6 +165,8 @@ def test_a_v_prediction_checkpoint_samples_and_unknown_predictions_are_refused(t
     assert result.exit_code == 0, result.output
     assert sorted(pixels(tmp_path / "s")) == ["cat_0000.png", "dog_0000.png"]
     ckpt = load_checkpoint(trained.checkpoint)
+    loaded = load_for_sampling(ckpt, SampleRequest(checkpoint=str(trained.checkpoint)), torch.device("cpu"))
+    assert loaded.diffusion.prediction == "v"  # what the samplers convert the network's output from
     ckpt["diffusion"]["prediction"] = "score"
     save_checkpoint(tmp_path / "odd.pt", ckpt)
     result = run(tmp_path / "odd.pt", "--num", "1", "--out", tmp_path / "o")

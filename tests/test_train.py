@@ -231,6 +231,11 @@ def test_min_snr_weighting_trains_and_the_prediction_is_recorded(cond_data, tmp_
     assert ckpt["diffusion"]["prediction"] == prediction and ckpt["config"]["diffusion"]["min_snr_gamma"] == 5.0
     # an iddm that reads only noise-predicting checkpoints (format 1) refuses the others instead of misreading them
     assert ckpt["format_version"] == (1 if prediction == "epsilon" else 2)
+    records = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    unweighted = run_engine(cond_data, tmp_path, prediction=prediction, run_name=f"{prediction}-plain")
+    plain = [json.loads(x) for x in (unweighted.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["step"] == plain[0]["step"] == 1
+    assert records[0]["loss"] != pytest.approx(plain[0]["loss"], rel=1e-3)  # the same batch, weighted otherwise
 
 
 def test_ema_half_life_is_counted_in_images_whatever_the_batch():
@@ -262,7 +267,7 @@ def test_ema_half_life_runs_resume_exactly(cond_data, tmp_path):
     train(plan, SilentReporter(), state=state)
     a, b = load_checkpoint(whole.checkpoint), load_checkpoint(half.run_dir / "ckpt_last.pt")
     # 18 images an epoch (4 batches of 4, one of 2): the images trained on, which the resumed run read back (its
-    # fallback for older checkpoints, updates x batch, would say 40)
+    # fallback for older checkpoints, updates x batch, would have continued from 20 and said 38)
     assert a["ema_images"] == b["ema_images"] == 36
     assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
     assert not all(torch.equal(a["ema"][k], a["model"][k]) for k in a["ema"])  # an average, not a copy

@@ -265,7 +265,8 @@ def test_profile_kind_is_inherited_and_checked(invoke, tmp_path):
 
 
 @pytest.mark.skipif(not shutil.which(cpp_compiler()), reason="torch.compile on the CPU needs a C++ compiler")
-def test_a_compiled_training_step_computes_what_an_eager_one_does(invoke, tmp_path):
+def test_a_compiled_training_step_computes_what_an_eager_one_does(invoke, tmp_path, monkeypatch):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # a folder of the user's own would be kept
     # the engine compiles the autoencoder's step as it does the diffusion model's (self.net); the autoencoder is the
     # cheaper to compile on 2 cores (about 30 s against 4 minutes for the smallest denoiser)
     train_dir, val_dir = vae_folders(tmp_path / "data", train=8)  # batch 4: one shape, one compilation
@@ -281,3 +282,4 @@ def test_a_compiled_training_step_computes_what_an_eager_one_does(invoke, tmp_pa
     a, b = (load_checkpoint(tmp_path / name / "ckpt_last.pt") for name in ("eager", "compiled"))
     assert a["model"].keys() == b["model"].keys()  # the plain module's names, no _orig_mod. prefix
     assert (tmp_path / "compiled" / "compile-cache").is_dir()  # its generated code stays in the run folder
+    assert "TORCHINDUCTOR_CACHE_DIR" not in __import__("os").environ  # and later compilations are not the run's

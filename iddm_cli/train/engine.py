@@ -13,12 +13,15 @@ scale sent by rank 0, the autoencoder's validation sums and the sharded previews
 
 from __future__ import annotations
 
+import getpass
 import io
 import math
 import os
 import random
+import re
 import signal
 import statistics
+import tempfile
 import time
 from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass
@@ -69,21 +72,23 @@ UNPLANNED = 2**62  # the schedule's length before a --max-time run has fixed it:
 _compile_cache_set: list[str] = []  # the folder use_compile_cache chose last in this process
 
 
-def use_compile_cache(run_dir: Path) -> None:
+def use_compile_cache(run_dir: Path) -> str | None:
     """Send --compile's generated code to RUN/compile-cache, unless the user set TORCHINDUCTOR_CACHE_DIR to a folder
     of their own. (Importing torchvision already sets the variable to torch's default, /tmp/torchinductor_USER, and
-    an earlier run in this process to its own folder: neither is the user's choice.)"""
+    an earlier run in this process to its own folder: neither is the user's choice.) Returns the variable's value
+    before, for Session.close to put back."""
     current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    try:
-        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-        ours = {os.path.abspath(default_cache_dir()), *_compile_cache_set}
-    except ImportError:  # the module moved: then only an unset variable or an earlier run's folder is ours to set
-        ours = set(_compile_cache_set)
-    if current and os.path.abspath(current) not in ours:
-        return
+    try:  # torch's default_cache_dir()
+        user = re.sub(r'[\\/:*?"<>|]', "_", getpass.getuser())
+    except (KeyError, OSError):
+        user = f"uid_{os.getuid()}" if hasattr(os, "getuid") else "unknown_user"
+    default = Path(tempfile.gettempdir()) / f"torchinductor_{user}"
+    if current and os.path.abspath(current) not in {str(default.absolute()), *_compile_cache_set}:
+        return current
     folder = str((run_dir / "compile-cache").absolute())
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
     _compile_cache_set[:] = [folder]
+    return current
 
 
 class Session:
@@ -102,7 +107,7 @@ class Session:
             self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type ==
                                                "cuda" else None, gradient_as_bucket_view=True)
         if c.optim.compile:  # the step's forward and backward; weights, EMA and checkpoints stay the plain module's
-            use_compile_cache(plan.run_dir)
+            self.cache_env_before = use_compile_cache(plan.run_dir)
             self.net = torch.compile(self.net)
         self.ema = make_ema(self.model, c)
         self.optimizer = OPTIMIZERS[c.optim.optim](self.model.parameters(), c.optim.lr)
@@ -114,8 +119,11 @@ class Session:
         self.task = TASKS[plan.kind](self, state)
         dataset = self.task.dataset()
         self.sampler = EpochSampler(len(dataset), c.train.seed, world.rank, world.size)
-        if plan.loader_workers and hasattr(dataset, "fill_cache"):  # one RAM cache, shared by the forked workers
+        if plan.loader_workers and getattr(dataset, "cache_enabled", False):  # one RAM cache, shared by the workers
+            start = time.perf_counter()
             dataset.fill_cache()
+            logger.log(f"decoded {len(dataset)} images into the RAM cache in {time.perf_counter() - start:.1f} s, "
+                       f"before starting {plan.loader_workers} data loader workers")
         self.loader = DataLoader(
             dataset, batch_size=c.data.batch_size, sampler=self.sampler, num_workers=plan.loader_workers,
             collate_fn=collate, worker_init_fn=ignore_ctrl_c,
@@ -209,6 +217,11 @@ class Session:
         if iterator is not None and hasattr(iterator, "_shutdown_workers"):
             iterator._shutdown_workers()
         self.loader._iterator = None
+        if self.c.optim.compile:  # later compilations in this process are not this run's
+            if self.cache_env_before is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = self.cache_env_before
 
     # one optimizer step, in numbered phases ---------------------------------------------------------------------
     def train_step(self, x0: torch.Tensor, y: torch.Tensor, sched_step: int) -> tuple[float, float, float] | None:

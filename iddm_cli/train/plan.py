@@ -26,6 +26,7 @@ from iddm_cli.core.iddm_import import load_any
 from iddm_cli.core.latent import LatentCodec, load_autoencoder
 from iddm_cli.core.rundir import check_free_space, check_writable, claim_run_dir, plan_run_dir
 from iddm_cli.data.folder import DatasetInfo, scan_dataset
+from iddm_cli.diffusion.schedule import PREDICTIONS
 from iddm_cli.errors import ConfigError, DataError
 from iddm_cli.metrics.fid import inception_path
 from iddm_cli.nets import NETWORKS, build_network, build_stored, count_parameters, flavor_of
@@ -84,9 +85,10 @@ class Plan:
         if kind == "dm":  # the same weights mean another thing under another prediction
             stored = (ckpt.get("diffusion") or {}).get("prediction", "epsilon")
             if stored != self.config.diffusion.prediction:
+                fix = f"add --prediction {stored}" if stored in PREDICTIONS else "this iddm cannot train it; upgrade"
                 raise ConfigError(f"train.pretrain_path: {path} predicts {stored!r} and this run "
                                   f"{self.config.diffusion.prediction!r}; its weights would start from another "
-                                  f"function: add --prediction {stored}")
+                                  f"function: {fix}")
         act = ckpt["network"]["kwargs"].get("act")
         if ckpt["network"]["name"] == self.network["name"] and act and act != self.config.model.act:
             raise ConfigError(f"train.pretrain_path: {path} was trained with act {act!r} and this run has "
@@ -231,6 +233,9 @@ def check_compile(device: torch.device) -> None:
         if importlib.util.find_spec("triton") is None:
             raise ConfigError("optim.compile: torch.compile on CUDA needs Triton (pip install triton), which is not "
                               "installed; train without --compile")
+        if not any(shutil.which(name) for name in filter(None, (os.environ.get("CC"), "gcc", "clang", "cc"))):
+            raise ConfigError("optim.compile: Triton builds its launcher with a C compiler ($CC, gcc or clang), and "
+                              "none was found; install one or train without --compile")
         return
     compiler = cpp_compiler()
     if not shutil.which(compiler):
