@@ -155,8 +155,8 @@ def test_an_adm_checkpoint_samples_with_no_model_flags(tmp_path):
 def test_a_v_prediction_checkpoint_samples_and_unknown_predictions_are_refused(tmp_path):
     import torch
 
-    from iddm_cli.sampling import SampleRequest, load_for_sampling
     from iddm_cli.core.checkpoint import load_checkpoint, save_checkpoint
+    from iddm_cli.sampling import SampleRequest, load_for_sampling
 
     data = make_dataset(tmp_path / "d", ["cat", "dog"], mode="L")
     trained = DMTrainer(dataset_path=str(data), result_path=str(tmp_path), run_name="v", reporter=SilentReporter(),
