@@ -131,9 +131,7 @@ class Diffusion:
     def min_snr_weight(self, t: torch.Tensor, gamma: float) -> torch.Tensor:
         """Min-SNR-gamma loss weights (Hang et al. 2023), (B,): each sample's loss counts as an x0 loss weighted by
         min(SNR, gamma), whatever the network predicts (SNR = alpha_bar / (1 - alpha_bar))."""
-        if self._abar_on.device != t.device:
-            self._abar_on = self.alpha_bar.to(t.device)
-        abar = self._abar_on[t]
+        abar = self._abar(t, t)  # (B,)
         snr = abar / (1 - abar)
         clipped = snr.clamp(max=gamma)
         if self.prediction == "epsilon":  # |eps error|^2 = SNR |x0 error|^2

@@ -23,7 +23,7 @@ class EMA:
         self.images = 0  # training images the average has seen (all ranks together)
         self.model = copy.deepcopy(model).float().eval().requires_grad_(False)
 
-    def current_decay(self, batch: int = 0) -> float:
+    def current_decay(self, batch: int) -> float:
         """The decay of the next update, which averages in a step of ``batch`` images (all ranks together).
         Per step: min(decay, (1 + n) / (10 + n)) at update n (from 1), early averages following the weights closely
         (TensorFlow's num_updates). By half-life: 0.5^(batch / h), h = min(half-life, rampup x images so far) (0 at
@@ -34,7 +34,7 @@ class EMA:
         return 0.5 ** (batch / max(h, 1e-8))
 
     @torch.no_grad()
-    def update(self, model: nn.Module, batch: int = 0) -> None:
+    def update(self, model: nn.Module, batch: int) -> None:
         self.updates += 1  # counts this update: the per-step warm-up starts at 2/11
         d = self.current_decay(batch)
         self.images += batch  # after: the half-life ramp-up counts the images before this step

@@ -69,25 +69,19 @@ MEASURED_STEPS = 10  # --max-time: steps timed to fix the run's length
 BUDGET_RESERVE = 0.02  # --max-time: the share of the budget kept back for the estimates' errors
 UNPLANNED = 2**62  # the schedule's length before a --max-time run has fixed it: its start, as if endless
 
-_compile_cache_set: list[str] = []  # the folder use_compile_cache chose last in this process
-
-
 def use_compile_cache(run_dir: Path) -> str | None:
     """Send --compile's generated code to RUN/compile-cache, unless the user set TORCHINDUCTOR_CACHE_DIR to a folder
-    of their own. (Importing torchvision already sets the variable to torch's default, /tmp/torchinductor_USER, and
-    an earlier run in this process to its own folder: neither is the user's choice.) Returns the variable's value
-    before, for Session.close to put back."""
+    of their own (importing torchvision already sets it to torch's default, /tmp/torchinductor_USER, which is not
+    the user's choice). Returns the variable's value before, which Session.close puts back."""
     current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     try:  # torch's default_cache_dir()
         user = re.sub(r'[\\/:*?"<>|]', "_", getpass.getuser())
     except (KeyError, OSError):
         user = f"uid_{os.getuid()}" if hasattr(os, "getuid") else "unknown_user"
     default = Path(tempfile.gettempdir()) / f"torchinductor_{user}"
-    if current and os.path.abspath(current) not in {str(default.absolute()), *_compile_cache_set}:
+    if current and os.path.abspath(current) != str(default.absolute()):
         return current
-    folder = str((run_dir / "compile-cache").absolute())
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
-    _compile_cache_set[:] = [folder]
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str((run_dir / "compile-cache").absolute())
     return current
 
 
@@ -106,9 +100,6 @@ class Session:
         if world.launched:  # every parameter is used every step, so no find_unused_parameters
             self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type ==
                                                "cuda" else None, gradient_as_bucket_view=True)
-        if c.optim.compile:  # the step's forward and backward; weights, EMA and checkpoints stay the plain module's
-            self.cache_env_before = use_compile_cache(plan.run_dir)
-            self.net = torch.compile(self.net)
         self.ema = make_ema(self.model, c)
         self.optimizer = OPTIMIZERS[c.optim.optim](self.model.parameters(), c.optim.lr)
         self.scaler = torch.amp.GradScaler("cuda") if plan.use_scaler else None
@@ -138,6 +129,10 @@ class Session:
         # the run's length in steps: --epochs or --kimg; a --max-time run fixes it after measuring (or resumes it)
         self.total = plan.total_steps
         self.by_steps = bool(c.train.kimg or c.train.max_time)  # the run ends at a step count, not an epoch count
+        if c.optim.compile:  # last, so that a failure above leaves TORCHINDUCTOR_CACHE_DIR as it was; the step's
+            # forward and backward are compiled, the weights, EMA and checkpoints stay the plain module's
+            self.cache_env_before = use_compile_cache(plan.run_dir)
+            self.net = torch.compile(self.net)
         self.started = time.monotonic()  # --max-time counts from here
         self.first_step = 0  # the step this process started (or resumed) at
         self._durations: list[float] = []  # --max-time: seconds of each step, epoch ends left out
