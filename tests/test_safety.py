@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
+from iddm_cli.config import resolve
 from iddm_cli.core import checkpoint as ckpt_module
 from iddm_cli.core.checkpoint import load_checkpoint, save_checkpoint
+from iddm_cli.core.reporting import SilentReporter
+from iddm_cli.core.rundir import RunLogger
 from iddm_cli.errors import StorageError
 from iddm_cli.train import objectives
+from iddm_cli.train.engine import Session, plan_training
 from tests.conftest import TINY
 
 
@@ -44,7 +50,69 @@ def test_non_finite_steps_are_skipped_then_the_run_stops(invoke, cond_data, tmp_
     kept = load_checkpoint(tmp_path / "df" / "ckpt_last.pt")  # the good state after epoch 1 survives
     assert kept["progress"]["epoch"] == 1 and kept["progress"]["step"] == 5
     assert all(torch.isfinite(v).all() for v in kept["model"].values())
-    assert (tmp_path / "df" / "train.log").read_text().count("non-finite loss or gradient, step skipped") == 3
+    log = (tmp_path / "df" / "train.log").read_text()
+    assert [line.split(" ", 2)[2] for line in log.splitlines() if "skipped for a non-finite" in line] == [
+        f"step {s}: 1 step(s) skipped for a non-finite loss or gradient ({s - 5} so far)" for s in (6, 7, 8)]
+
+
+def test_non_finite_steps_read_back_late_still_stop_the_run_before_any_save(invoke, cond_data, tmp_path,
+                                                                            monkeypatch):
+    """With --log-every beyond the epoch, the skips stay on the device until the epoch end reads them: the run
+    stops there, before epoch 2's checkpoint, and says how long the non-finite run was."""
+    monkeypatch.setitem(objectives.LOSSES, "mse", NanAfter)
+    NanAfter.calls = 0
+    result = invoke("dm", "train", "--dataset-path", cond_data, "--result-path", tmp_path, *TINY, "--epochs", "3",
+                    "--max-nonfinite", "3", "--log-every", "100")
+    assert result.exit_code == 1
+    assert "step 10: the loss or gradients were non-finite for 5 steps in a row" in " ".join(result.output.split())
+    kept = load_checkpoint(tmp_path / "df" / "ckpt_last.pt")
+    assert kept["progress"]["epoch"] == 1 and kept["progress"]["step"] == 5 and kept["progress"]["skipped_steps"] == 0
+    assert "steps 6-10: 5 step(s) skipped for a non-finite loss or gradient (5 so far)" in (
+        tmp_path / "df" / "train.log").read_text()
+
+
+@pytest.mark.parametrize("optim", ["adamw", "adam", "sgd"])
+def test_a_non_finite_step_changes_nothing_but_the_counts(cond_data, tmp_path, optim):
+    """The skip happens on the device: weights, optimizer moments and step counts, and the EMA stay bit for bit as
+    they were; the EMA's counts are taken back when the step is read; the next good step trains on."""
+    flags = {"dataset_path": str(cond_data), "result_path": str(tmp_path), "image_size": 8, "base_channels": 4,
+             "noise_steps": 20, "batch_size": 4, "augment": "resize", "optim": optim, "ema_halflife_kimg": 0.01,
+             "log_every": 100}
+    plan = plan_training(resolve(flags=flags).config)
+    plan.run_dir.mkdir(parents=True)
+    logger = RunLogger(plan.run_dir)
+    session = Session(plan, SilentReporter(), logger)
+    try:
+        x0, y = torch.rand(4, 3, 8, 8) * 2 - 1, torch.arange(4) % 2
+        for _ in range(2):
+            session.train_step(x0, y, 0)
+        session.settle()
+        before = copy.deepcopy((session.model.state_dict(), session.optimizer.state_dict(), session.ema.state_dict()))
+        counts = session.ema.updates, session.ema.images
+        session.train_step(torch.full_like(x0, float("nan")), y, 0)
+        assert session.step == 3
+        after = (session.model.state_dict(), session.optimizer.state_dict(), session.ema.state_dict())
+        assert _flat(after) == _flat(before)
+        assert (session.ema.updates, session.ema.images) != counts  # counted on the host until read back
+        session.settle()
+        assert session.skipped == 1 and (session.ema.updates, session.ema.images) == counts
+        session.train_step(x0, y, 0)
+        session.settle()
+        assert session.skipped == 1 and _flat(session.model.state_dict()) != _flat(before[0])
+    finally:
+        session.close()
+        logger.close()
+
+
+def _flat(obj) -> list:
+    """Every tensor and number in a nested state, as exact values."""
+    if isinstance(obj, torch.Tensor):
+        return [obj.detach().cpu().reshape(-1).tolist()]
+    if isinstance(obj, dict):
+        return [x for k in sorted(obj, key=str) for x in [k, *_flat(obj[k])]]
+    if isinstance(obj, (list, tuple)):
+        return [x for v in obj for x in _flat(v)]
+    return [obj]
 
 
 def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -40,7 +40,7 @@ from iddm_cli.data.folder import EpochSampler, collate
 from iddm_cli.errors import Interrupted, TrainingError
 from iddm_cli.train import distributed as dist
 from iddm_cli.train.ema import make_ema
-from iddm_cli.train.objectives import LR_FUNCS, OPTIMIZERS
+from iddm_cli.train.objectives import LR_FUNCS, make_optimizer
 from iddm_cli.train.plan import Plan, plan_training
 from iddm_cli.train.signals import ignore_ctrl_c, stop_on_signals
 from iddm_cli.train.tasks import TASKS
@@ -67,6 +67,7 @@ def step_generator(seed: int, step: int, device: torch.device, rank: int = 0) ->
 WARM_STEPS = 3  # --max-time: steps left out of the speed measurement (allocation, caches, DataLoader start)
 MEASURED_STEPS = 10  # --max-time: steps timed to fix the run's length
 BUDGET_RESERVE = 0.02  # --max-time: the share of the budget kept back for the estimates' errors
+SHOW_EVERY_S = 1.0  # the progress display's loss is read from the device at most this often
 UNPLANNED = 2**62  # the schedule's length before a --max-time run has fixed it: its start, as if endless
 
 def use_compile_cache(run_dir: Path) -> str | None:
@@ -101,7 +102,7 @@ class Session:
             self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type ==
                                                "cuda" else None, gradient_as_bucket_view=True)
         self.ema = make_ema(self.model, c)
-        self.optimizer = OPTIMIZERS[c.optim.optim](self.model.parameters(), c.optim.lr)
+        self.optimizer = make_optimizer(c.optim.optim, self.model.parameters(), c.optim.lr)
         self.scaler = torch.amp.GradScaler("cuda") if plan.use_scaler else None
         self.lr_func = LR_FUNCS[c.optim.lr_func]
         self.warmup = round(c.optim.warmup_epochs * plan.steps_per_epoch)
@@ -121,7 +122,19 @@ class Session:
             pin_memory=self.device.type == "cuda", persistent_workers=plan.loader_workers > 0, drop_last=False)
         self.step = 0
         self.skipped = 0
-        self.nonfinite_run = 0  # consecutive non-finite steps
+        # what the steps leave on the device, read back by settle() every --log-every steps and at epoch ends and
+        # saves (a read makes the host wait for the device): sums since the last read of [loss of applied steps,
+        # applied steps, skipped steps, images of skipped steps]; the current run of non-finite steps and the
+        # longest since the last read; the last step's [loss, gradient norm]
+        self._sums = torch.zeros(4, dtype=torch.float64, device=self.device)
+        self._run = torch.zeros((), device=self.device)
+        self._longest = torch.zeros((), device=self.device)
+        self._last = torch.full((2,), float("nan"), device=self.device)
+        self._settled_step = 0  # the step of the last settle()
+        self._window = [0.0, 0]  # loss sum and applied steps since the last status line
+        self._epoch_loss = [0.0, 0]  # the same since the epoch began
+        self._shown_loss, self._shown_at = float("nan"), 0.0
+        self._last_grad = float("nan")  # the progress display's loss, and when it was read
         self.batch_images = 0  # images of the current step, all ranks together
         self.stop_signal: int | None = None  # set by the SIGINT/SIGTERM handler
         self.agreed_stop: int | None = None  # the signal every rank acts on, agreed after each step
@@ -219,13 +232,17 @@ class Session:
                 os.environ["TORCHINDUCTOR_CACHE_DIR"] = self.cache_env_before
 
     # one optimizer step, in numbered phases ---------------------------------------------------------------------
-    def train_step(self, x0: torch.Tensor, y: torch.Tensor, sched_step: int) -> tuple[float, float, float] | None:
-        """Returns (loss averaged over ranks, grad norm, lr), or None when the step was skipped for a non-finite
-        value. ``sched_step``: the position in the learning-rate schedule (epoch * steps_per_epoch + batch).
-        Phases 1-5 are one process's computation; the agreement between ranks sits between them and the update."""
-        loss, grad_norm, lr = self.compute_gradients(x0, y, sched_step)
-        loss_value, grad_value = self._agree(loss, grad_norm)  # DDP bookkeeping: the step's one CPU-GPU sync
-        return self.apply_update(loss_value, grad_value, lr)
+    def train_step(self, x0: torch.Tensor, y: torch.Tensor, sched_step: int) -> None:
+        """One optimizer step, with no copy from the device to the host: its loss, gradient norm and whether it was
+        skipped for a non-finite value stay on the device until :meth:`settle` reads them. ``sched_step``: the
+        position in the learning-rate schedule (epoch * steps_per_epoch + batch). Phases 1-5 are one process's
+        computation; the agreement between ranks sits between them and the update."""
+        loss, grad_norm, _ = self.compute_gradients(x0, y, sched_step)
+        loss = loss.detach().float()
+        if self.world.launched:  # the loss averaged over ranks, on the device (the gradients already agree)
+            loss = dist.all_reduce_sum(loss.reshape(1)).reshape(()) / self.world.size
+        self._agree_stop()
+        self.apply_update(loss, grad_norm.detach().float())
 
     def compute_gradients(self, x0: torch.Tensor, y: torch.Tensor,
                           sched_step: int) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -260,59 +277,76 @@ class Session:
         self.step += 1
         return loss, grad_norm, lr
 
-    def apply_update(self, loss_value: float, grad_value: float, lr: float) -> tuple[float, float, float] | None:
-        """Phases 6-7, on values every rank agrees on: skip a non-finite step, else step the optimizer and EMA."""
-        c = self.c
-
-        # 6. guard: a non-finite loss or gradient skips the step; too many in a row stop the run
-        if not (math.isfinite(loss_value) and math.isfinite(grad_value)):
-            self.skipped += 1
-            self.nonfinite_run += 1
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.update()
-            self.logger.log(f"step {self.step}: non-finite loss or gradient, step skipped ({self.skipped} so far)")
-            if self.nonfinite_run >= c.train.max_nonfinite:
-                raise TrainingError(
-                    f"step {self.step}: the loss or gradients were non-finite for {self.nonfinite_run} steps in a "
-                    f"row, so training stopped; the last good checkpoint is {self.plan.run_dir / 'ckpt_last.pt'} "
-                    "(try a lower --lr, or train without --amp)", all_ranks=True)
-            return None
-        self.nonfinite_run = 0
+    def apply_update(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """Phases 6-7, on the device, on values every rank agrees on (the loss averaged over ranks, the norm of the
+        averaged gradients)."""
+        # 6. guard: a non-finite loss or gradient skips the step, decided on the device: the fused optimizer's
+        # found_inf (as GradScaler sets it) leaves weights, moments and step counts as they were, and the EMA
+        # averages in with weight 0. settle() counts skips and stops a run with too many in a row
+        applied = torch.isfinite(loss) & torch.isfinite(grad_norm)
+        skipped = (~applied).double()
+        self._sums += torch.stack([torch.where(applied, loss.double(), 0.0), applied.double(), skipped,
+                                   skipped * self.batch_images])
+        self._run.add_(1).mul_(skipped)  # the run of non-finite steps: +1, or back to 0
+        torch.maximum(self._longest, self._run, out=self._longest)
+        self._last.copy_(torch.stack([loss, grad_norm]))
 
         # 7. optimizer step, then the EMA of the weights
-        if self.scaler is not None:
+        if self.scaler is not None:  # the scaler gives the fused optimizer its own found_inf (non-finite gradients)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
+            self.optimizer.found_inf, self.optimizer.grad_scale = skipped.float(), None
             self.optimizer.step()
-        self.ema.update(self.model, self.batch_images)
-        return loss_value, grad_value, lr
+            del self.optimizer.found_inf, self.optimizer.grad_scale
+        self.ema.update(self.model, self.batch_images, applied)
 
-    def _agree(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> tuple[float, float]:
-        """(loss averaged over ranks, gradient norm) copied to the host together, and the stop signal every rank
-        acts on: under DDP one all-reduce of three numbers a step (the gradients, so their norm, already agree)."""
+    def settle(self) -> None:
+        """Read what the steps since the last read left on the device (one copy to the host): count the skipped
+        steps (the EMA's counts too), log them, and stop the run after --max-nonfinite non-finite steps in a row.
+        Every rank calls it at the same steps (the values agree), so all stop together."""
+        loss, applied, skipped, skipped_images, longest, self._last_grad = torch.cat(
+            [self._sums, torch.stack([self._longest, self._last[1]]).double()]).tolist()
+        self._sums.zero_()
+        self._longest.copy_(self._run)
+        first, self._settled_step = self._settled_step + 1, self.step
+        for acc in (self._window, self._epoch_loss):
+            acc[0] += loss
+            acc[1] += int(applied)
+        if skipped:
+            self.skipped += int(skipped)
+            self.ema.uncount(int(skipped), int(skipped_images))
+            where = f"step {self.step}" if first == self.step else f"steps {first}-{self.step}"
+            self.logger.log(f"{where}: {int(skipped)} step(s) skipped for a non-finite loss or gradient "
+                            f"({self.skipped} so far)")
+        if longest >= self.c.train.max_nonfinite:
+            raise TrainingError(
+                f"step {self.step}: the loss or gradients were non-finite for {int(longest)} steps in a row, so "
+                f"training stopped; the last good checkpoint is {self.plan.run_dir / 'ckpt_last.pt'} (try a lower "
+                "--lr, or train without --amp)", all_ranks=True)
+
+    def shown_loss(self) -> float:
+        """The last step's loss for the progress display, read from the device at most once a second."""
+        now = time.monotonic()
+        if now - self._shown_at >= SHOW_EVERY_S:
+            self._shown_loss, self._shown_at = self._last[0].item(), now
+        return self._shown_loss
+
+    def _agree_stop(self) -> None:
+        """The stop signal every rank acts on: under DDP one all-reduce of two flags a step, on the CPU (over gloo,
+        so the GPU's queue is not waited for)."""
         local = self.stop_signal
-        values = loss.detach().float().reshape(1)
-        if self.world.launched:
-            flags = torch.tensor([local == signal.SIGINT, local == signal.SIGTERM], dtype=torch.float32,
-                                 device=self.device)
-            values = dist.all_reduce_sum(torch.cat([values, flags]))
-        total, *flags_sum, grad = torch.cat([values, grad_norm.detach().float().reshape(1)]).tolist()
-        if self.world.launched:
-            n_int, n_term = flags_sum
-            self.agreed_stop = signal.SIGTERM if n_term else signal.SIGINT if n_int else None
-        else:
+        if not self.world.launched:
             self.agreed_stop = local
-        return total / self.world.size, grad
+            return
+        flags = dist.all_reduce_sum(torch.tensor([local == signal.SIGINT, local == signal.SIGTERM],
+                                                 dtype=torch.float32))
+        n_int, n_term = flags.tolist()
+        self.agreed_stop = signal.SIGTERM if n_term else signal.SIGINT if n_int else None
 
     def stop_requested(self) -> int | None:
         """At an epoch end: the signal all ranks stop on, or None (a collective under DDP)."""
-        if self.world.launched:
-            zero = torch.zeros((), device=self.device)
-            self._agree(zero, zero)
-        else:
-            self.agreed_stop = self.stop_signal
+        self._agree_stop()
         return self.agreed_stop
 
     # one epoch ----------------------------------------------------------------------------------------------
@@ -324,8 +358,7 @@ class Session:
         self.reporter.start_epoch(epoch, self.epochs_label(), steps)
         if spe > 1:  # the first step of an epoch follows the last one's epoch end: not timed (unless nothing else is)
             self._prev_end = None
-        window: list[float] = []
-        epoch_losses: list[float] = []
+        self._epoch_loss = [0.0, 0]
         t0, images = time.perf_counter(), 0
         for i, (x0, y, bad) in enumerate(self.loader, start=start):
             for path in sorted(set(bad) - self.bad_files):
@@ -333,22 +366,22 @@ class Session:
                 self.logger.log(f"skipped a file that failed to decode: {path}")
                 self.reporter.info(f"warning: skipped a file that failed to decode (the next image took its "
                                    f"place): {path}")
-            out = self.train_step(x0, y, epoch * spe + i)
-            if self.total is None:
+            self.train_step(x0, y, epoch * spe + i)
+            if self.total is None:  # --max-time, measuring: each step timed on the host, so the device waited for
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
                 now = time.monotonic()
                 if self._prev_end is not None:
                     self._durations.append(now - self._prev_end)
                 self._prev_end = now
                 self._plan_length(epoch, i)
             images += x0.shape[0]
-            if out is not None:
-                window.append(out[0])
-                epoch_losses.append(out[0])
-                self.reporter.step(i + 1, out[0])
+            self.reporter.step(i + 1, self.shown_loss())
             if self.step % c.train.log_every == 0 or i + 1 == spe or self.finished():
+                self.settle()
                 elapsed = time.perf_counter() - t0
-                self._log_status(epoch, i + 1, window, out, images * self.world.size / max(elapsed, 1e-9))
-                window, t0, images = [], time.perf_counter(), 0
+                self._log_status(epoch, i + 1, images * self.world.size / max(elapsed, 1e-9))
+                t0, images = time.perf_counter(), 0
             if not self.world.launched:  # a single process acts on its own flag at once
                 self.agreed_stop = self.stop_signal
             if self.agreed_stop is not None and i + 1 < spe and not self.finished():  # Ctrl-C: save, leave mid-epoch
@@ -357,11 +390,14 @@ class Session:
                 raise Interrupted(self.agreed_stop, self.plan.run_dir)
             if self.finished():  # the step budget ends inside this epoch: the epoch end comes now
                 break
-        return sum(epoch_losses) / len(epoch_losses) if epoch_losses else float("nan")
+        self.settle()
+        total, n = self._epoch_loss
+        return total / n if n else float("nan")
 
-    def _log_status(self, epoch: int, done: int, window: list[float], last: Any, ips: float) -> None:
-        loss = sum(window) / len(window) if window else float("nan")
-        grad = last[1] if last else float("nan")
+    def _log_status(self, epoch: int, done: int, ips: float) -> None:
+        (total, n), self._window = self._window, [0.0, 0]
+        loss = total / n if n else float("nan")
+        grad = self._last_grad  # the last step's, as settle() read it
         lr = self.optimizer.param_groups[0]["lr"]
         line = (f"epoch {epoch + 1}/{self.epochs_label()} step {done}/{self.plan.steps_per_epoch} "
                 f"(total {self.step}) loss {loss:.4f} lr {lr:.2e} grad {grad:.3f} {ips:.1f} img/s")
@@ -403,6 +439,7 @@ class Session:
         was not saved."""
         s, run_dir = self.c.save, self.plan.run_dir
         last = run_dir / "ckpt_last.pt"
+        self.settle()  # the counts the checkpoint records (and no save after --max-nonfinite was reached)
         if self.world.launched:
             seen = set().union(*dist.all_gather_object(sorted(self.bad_files), self.world))
             for path in sorted(seen - self.bad_files):
