@@ -50,9 +50,9 @@ else
   ddp_check "$RUNS/ddp"
 fi
 
-step "throughput table: every network at 32 and 64 px, batch 128, one GPU: fp32, bf16, channels_last, unfused"
+step "throughput table: every network at 32 and 64 px, batch 128, one GPU: fp32, bf16, channels_last"
 run python benchmarks/train_throughput.py --table --batch-size 128 --steps 20 --warmup 5 \
-  --variants fp32,bf16,channels_last,unfused
+  --variants fp32,bf16,channels_last
 step "throughput table: torch.compile (fp32), unet and adm-s at 32 px, batch 128"
 run python benchmarks/train_throughput.py --table --batch-size 128 --steps 20 --warmup 5 --variants compile \
   --networks unet,adm-s --sizes 32

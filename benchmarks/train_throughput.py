@@ -9,10 +9,8 @@ Prints images/s, peak memory and achieved GFLOP/s (FLOPs of one step counted wit
 for each precision, on the device that is present (CUDA if available, else CPU). --table prints one Markdown row
 per network, image size and variant: fp32; bf16 (--amp where it means bf16 autocast; elsewhere, fp16 on GPUs before
 Ampere or fp32 on CPUs without bf16, the row says so and is not measured); channels_last (fp32); compile (fp32,
-torch.compile, timed after its compilation); unfused (fp32, the optimizer without the fused kernel training
-uses: torch's foreach implementation on CUDA, its per-tensor loop on the CPU, to show what fusing saves). A row
-that fails (out of memory, a compile error) prints its error and the table goes on. IDDM's networks
-run at their default width (--base-channels 64), the ADM sizes at their own.
+torch.compile, timed after its compilation). A row that fails (out of memory, a compile error) prints its error
+and the table goes on. IDDM's networks run at their default width (--base-channels 64), the ADM sizes at their own.
 """
 
 from __future__ import annotations
@@ -50,7 +48,7 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def bench(args: argparse.Namespace, amp: bool, tmp: Path) -> dict[str, float | str]:
-    name = f"{args.network}-{args.image_size}-{amp}-{args.channels_last}-{args.compile}-{args.unfused}"
+    name = f"{args.network}-{args.image_size}-{amp}-{args.channels_last}-{args.compile}"
     flags = {"dataset_path": str(make_data(tmp / f"data-{name}", args.image_size)), "result_path": str(tmp),
              "run_name": f"bench-{name}", "image_size": args.image_size, "batch_size": args.batch_size,
              "network": args.network, "base_channels": args.base_channels, "amp": amp, "augment": "resize"}
@@ -76,9 +74,6 @@ def measure(args: argparse.Namespace, plan: Any, session: Session, amp: bool) ->
         session.model.to(memory_format=torch.channels_last)
     if args.compile:
         session.net = torch.compile(session.model)
-    if args.unfused:  # the same optimizer and learning rate, without the fused kernel
-        options = {**session.optimizer.defaults, "foreach": None, "fused": False}
-        session.optimizer = type(session.optimizer)(session.model.parameters(), **options)
     device = plan.device
     x0 = torch.rand(args.batch_size, 3, args.image_size, args.image_size) * 2 - 1
     y = torch.randint(0, 10, (args.batch_size,))
@@ -107,8 +102,7 @@ def measure(args: argparse.Namespace, plan: Any, session: Session, amp: bool) ->
             "device": str(device)}
 
 
-VARIANTS = {"fp32": {}, "bf16": {"amp": True}, "channels_last": {"channels_last": True}, "compile": {"compile": True},
-            "unfused": {"unfused": True}}
+VARIANTS = {"fp32": {}, "bf16": {"amp": True}, "channels_last": {"channels_last": True}, "compile": {"compile": True}}
 
 
 def table(args: argparse.Namespace, name: str) -> None:
@@ -123,8 +117,7 @@ def table(args: argparse.Namespace, name: str) -> None:
                     options = VARIANTS[variant]
                     run = argparse.Namespace(**{**vars(args), "network": network, "image_size": size,
                                                 "channels_last": options.get("channels_last", False),
-                                                "compile": options.get("compile", False),
-                                                "unfused": options.get("unfused", False)})
+                                                "compile": options.get("compile", False)})
                     torch.manual_seed(0)
                     try:
                         r = bench(run, options.get("amp", False), Path(tmp))
@@ -153,7 +146,6 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--unfused", action="store_true", help="the optimizer without its fused kernel")
     parser.add_argument("--precisions", default="fp32,amp", help="comma list of fp32, amp")
     parser.add_argument("--table", action="store_true", help="a Markdown table over --networks, --sizes, --variants")
     parser.add_argument("--networks", default="unet,cspdarkunet,adm-xs,adm-s,adm-m")
@@ -169,7 +161,7 @@ def main() -> None:
         table(args, name)
         return
     print(f"# {args.network} base {args.base_channels}, {args.image_size}x{args.image_size}, batch {args.batch_size}, "
-          f"channels_last={args.channels_last}, compile={args.compile}, unfused={args.unfused}; {name}; "
+          f"channels_last={args.channels_last}, compile={args.compile}; {name}; "
           f"torch {torch.__version__}")
     print(f"{'precision':<16}{'images/s':>10}{'ms/step':>10}{'peak MiB':>10}{'GFLOP/s':>10}")
     with tempfile.TemporaryDirectory() as tmp:
