@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check: a smoke test (train, resume, sample), the NCCL path torchrun takes, DDP over every visible GPU when there
-# are several, and the training-throughput table (each network at 32 and 64 px: fp32, bf16, channels_last,
-# torch.compile) on one GPU.
+# are several, a check that the training step never makes the host wait for the GPU, and the training-throughput
+# table (each network at 32 and 64 px: fp32, bf16, channels_last, torch.compile) on one GPU.
 #
 #     bash benchmarks/gpu_check.sh              # run folders go to $RUNS (default: a new temporary folder)
 #
@@ -49,6 +49,9 @@ else
   speed "$RUNS/ddp"
   ddp_check "$RUNS/ddp"
 fi
+
+step "the training step never waits for the GPU: steps under torch.cuda.set_sync_debug_mode('error')"
+run python benchmarks/step_sync_check.py
 
 step "throughput table: every network at 32 and 64 px, batch 128, one GPU: fp32, bf16, channels_last"
 run python benchmarks/train_throughput.py --table --batch-size 128 --steps 20 --warmup 5 \

@@ -36,3 +36,10 @@ def test_the_throughput_table_has_a_row_per_network_size_and_variant():
 def test_the_throughput_table_refuses_an_unknown_variant():
     result = run_script("benchmarks/train_throughput.py", "--table", "--variants", "fp32,fp8")
     assert result.returncode == 2 and "--variants: unknown fp8" in result.stderr
+
+
+def test_the_step_sync_check_runs():
+    """On a CPU it has nothing to check and says so; on a GPU its steps must not synchronise."""
+    result = run_script("benchmarks/step_sync_check.py", "--steps", "4")
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    assert "nothing to check" in result.stdout or result.stdout.count("without waiting for the GPU") == 2

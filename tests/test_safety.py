@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -71,37 +72,75 @@ def test_non_finite_steps_read_back_late_still_stop_the_run_before_any_save(invo
         tmp_path / "df" / "train.log").read_text()
 
 
-@pytest.mark.parametrize("optim", ["adamw", "adam", "sgd"])
-def test_a_non_finite_step_changes_nothing_but_the_counts(cond_data, tmp_path, optim):
-    """The skip happens on the device: weights, optimizer moments and step counts, and the EMA stay bit for bit as
-    they were; the EMA's counts are taken back when the step is read; the next good step trains on."""
-    flags = {"dataset_path": str(cond_data), "result_path": str(tmp_path), "image_size": 8, "base_channels": 4,
-             "noise_steps": 20, "batch_size": 4, "augment": "resize", "optim": optim, "ema_halflife_kimg": 0.01,
-             "log_every": 100}
+@contextlib.contextmanager
+def tiny_session(data, tmp_path, **flags):
+    """A training session of an 8 px network, its steps driven by the test."""
+    flags = {"dataset_path": str(data), "result_path": str(tmp_path), "image_size": 8, "base_channels": 4,
+             "noise_steps": 20, "batch_size": 4, "augment": "resize", "log_every": 100, **flags}
     plan = plan_training(resolve(flags=flags).config)
-    plan.run_dir.mkdir(parents=True)
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
     logger = RunLogger(plan.run_dir)
     session = Session(plan, SilentReporter(), logger)
     try:
-        x0, y = torch.rand(4, 3, 8, 8) * 2 - 1, torch.arange(4) % 2
-        for _ in range(2):
-            session.train_step(x0, y, 0)
-        session.settle()
-        before = copy.deepcopy((session.model.state_dict(), session.optimizer.state_dict(), session.ema.state_dict()))
-        counts = session.ema.updates, session.ema.images
-        session.train_step(torch.full_like(x0, float("nan")), y, 0)
-        assert session.step == 3
-        after = (session.model.state_dict(), session.optimizer.state_dict(), session.ema.state_dict())
-        assert _flat(after) == _flat(before)
-        assert (session.ema.updates, session.ema.images) != counts  # counted on the host until read back
-        session.settle()
-        assert session.skipped == 1 and (session.ema.updates, session.ema.images) == counts
-        session.train_step(x0, y, 0)
-        session.settle()
-        assert session.skipped == 1 and _flat(session.model.state_dict()) != _flat(before[0])
+        yield session
     finally:
         session.close()
         logger.close()
+
+
+BATCH = torch.rand(4, 3, 8, 8) * 2 - 1, torch.arange(4) % 2
+NAN_BATCH = torch.full((4, 3, 8, 8), float("nan")), BATCH[1]
+
+
+@pytest.mark.parametrize("optim", ["adamw", "adam", "sgd"])
+def test_a_non_finite_step_changes_nothing_but_the_counts(cond_data, tmp_path, optim):
+    """The skip happens on the device: weights, optimizer moments and step counts, and the EMA stay bit for bit as
+    they were; the EMA counts the step (so its counts never wait for the device); the next good step trains on."""
+    with tiny_session(cond_data, tmp_path, optim=optim, ema_halflife_kimg=0.01) as session:
+        for _ in range(2):
+            session.train_step(*BATCH, 0)
+        session.settle()
+        before = copy.deepcopy((session.model.state_dict(), session.optimizer.state_dict(), session.ema.state_dict()))
+        updates, images = session.ema.updates, session.ema.images
+        session.train_step(*NAN_BATCH, 0)
+        assert session.step == 3 and session.skipped == 0  # not read back yet
+        after = (session.model.state_dict(), session.optimizer.state_dict(), session.ema.state_dict())
+        assert _flat(after) == _flat(before)
+        session.settle()
+        assert session.skipped == 1 and (session.ema.updates, session.ema.images) == (updates + 1, images + 4)
+        session.train_step(*BATCH, 0)
+        session.settle()
+        assert session.skipped == 1 and _flat(session.model.state_dict()) != _flat(before[0])
+
+
+def test_sgd_after_a_skipped_first_step_starts_its_momentum_from_the_gradient(cond_data, tmp_path):
+    """torch's fused SGD leaves its momentum buffers uninitialised when its first step is skipped; ours start at
+    zero, so the first applied step sets them to the gradient, as torch's first step does."""
+    with tiny_session(cond_data, tmp_path, optim="sgd") as session:
+        session.train_step(*NAN_BATCH, 0)
+        buffers = [session.optimizer.state[p]["momentum_buffer"] for p in session.model.parameters()]
+        assert all(torch.equal(b, torch.zeros_like(b)) for b in buffers)
+        session.train_step(*BATCH, 0)
+        for p in session.model.parameters():
+            assert torch.equal(session.optimizer.state[p]["momentum_buffer"], p.grad)
+
+
+def test_a_state_saved_by_a_non_fused_optimizer_resumes_fused(cond_data, tmp_path):
+    """Checkpoints from before the fused step hold ``fused: None``; loaded as they are, the optimizer would refuse
+    the step's found_inf."""
+    with tiny_session(cond_data, tmp_path) as session:
+        session.train_step(*BATCH, 0)
+        old = torch.optim.AdamW(session.model.parameters(), lr=1e-3)  # torch's default kernel, as saved before
+        old.step()
+        state = {**session.checkpoint_payload(0, 1), "optimizer": old.state_dict()}
+        assert state["optimizer"]["param_groups"][0]["fused"] is None
+    with tiny_session(cond_data, tmp_path / "b") as session:
+        session.restore(state)
+        assert session.optimizer.param_groups[0]["fused"] is True
+        session.train_step(*NAN_BATCH, 0)
+        session.train_step(*BATCH, 0)
+        session.settle()
+        assert session.step == 3 and session.skipped == 1
 
 
 def _flat(obj) -> list:

@@ -248,7 +248,7 @@ def test_ema_half_life_is_counted_in_images_whatever_the_batch():
         ema = EMA(zero, decay=0.999, halflife_kimg=0.1, rampup=rampup)
         ema.images = 0 if rampup else 1  # without the ramp-up the average starts from the zero weights
         for _ in range(steps):
-            ema.update(one, batch)
+            ema.update(one, batch, torch.tensor(True))
         return ema.model.weight.item()
 
     # 200 images = two half-lives of 100: the zero start keeps a quarter of its weight

@@ -34,24 +34,20 @@ class EMA:
         return 0.5 ** (batch / max(h, 1e-8))
 
     @torch.no_grad()
-    def update(self, model: nn.Module, batch: int, applied: torch.Tensor | None = None) -> None:
+    def update(self, model: nn.Module, batch: int, applied: torch.Tensor) -> None:
         """Average in the weights after a step of ``batch`` images. ``applied``: a 0-d bool on the weights' device,
-        False for a skipped step, which leaves the average as it was (without a copy to the host); a skipped step's
-        counts are taken back later by :meth:`uncount`."""
+        False for a skipped step, which leaves the average as it was, decided on the device (a weight given as a
+        tensor: torch's lerp would copy a 0-d weight to the host). Every step counts, skipped or not, so the counts
+        never wait for the device."""
         self.updates += 1  # counts this update: the per-step warm-up starts at 2/11
         d = self.current_decay(batch)
         self.images += batch  # after: the half-life ramp-up counts the images before this step
         ema_params = list(self.model.parameters())
-        params = [p.detach().float() for p in model.parameters()]
-        weight = 1.0 - d if applied is None else applied.float() * (1.0 - d)
-        torch._foreach_lerp_(ema_params, params, weight)  # ema += (1 - d) (p - ema); a weight of 0 keeps it
+        delta = torch._foreach_sub([p.detach().float() for p in model.parameters()], ema_params)
+        torch._foreach_mul_(delta, applied.to(torch.float32) * (1.0 - d))
+        torch._foreach_add_(ema_params, delta)  # ema += (1 - d) (p - ema), or += 0 for a skipped step
         for b_ema, b in zip(self.model.buffers(), model.buffers(), strict=True):
             b_ema.copy_(b)
-
-    def uncount(self, updates: int, images: int) -> None:
-        """Take back the counts of skipped steps, once they are known on the host."""
-        self.updates -= updates
-        self.images -= images
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.model.state_dict()

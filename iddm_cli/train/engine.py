@@ -124,17 +124,17 @@ class Session:
         self.skipped = 0
         # what the steps leave on the device, read back by settle() every --log-every steps and at epoch ends and
         # saves (a read makes the host wait for the device): sums since the last read of [loss of applied steps,
-        # applied steps, skipped steps, images of skipped steps]; the current run of non-finite steps and the
-        # longest since the last read; the last step's [loss, gradient norm]
-        self._sums = torch.zeros(4, dtype=torch.float64, device=self.device)
+        # applied steps, skipped steps]; the current run of non-finite steps and the longest since the last read;
+        # the last step's [loss, gradient norm]
+        self._sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         self._run = torch.zeros((), device=self.device)
         self._longest = torch.zeros((), device=self.device)
         self._last = torch.full((2,), float("nan"), device=self.device)
         self._settled_step = 0  # the step of the last settle()
         self._window = [0.0, 0]  # loss sum and applied steps since the last status line
         self._epoch_loss = [0.0, 0]  # the same since the epoch began
-        self._shown_loss, self._shown_at = float("nan"), 0.0
-        self._last_grad = float("nan")  # the progress display's loss, and when it was read
+        self._shown_loss, self._shown_at = float("nan"), 0.0  # the progress display's loss, and when it was read
+        self._last_grad = float("nan")  # the last step's gradient norm, as settle() read it
         self.batch_images = 0  # images of the current step, all ranks together
         self.stop_signal: int | None = None  # set by the SIGINT/SIGTERM handler
         self.agreed_stop: int | None = None  # the signal every rank acts on, agreed after each step
@@ -285,27 +285,26 @@ class Session:
         # averages in with weight 0. settle() counts skips and stops a run with too many in a row
         applied = torch.isfinite(loss) & torch.isfinite(grad_norm)
         skipped = (~applied).double()
-        self._sums += torch.stack([torch.where(applied, loss.double(), 0.0), applied.double(), skipped,
-                                   skipped * self.batch_images])
+        self._sums += torch.stack([torch.where(applied, loss.double(), 0.0), applied.double(), skipped])
         self._run.add_(1).mul_(skipped)  # the run of non-finite steps: +1, or back to 0
         torch.maximum(self._longest, self._run, out=self._longest)
         self._last.copy_(torch.stack([loss, grad_norm]))
 
-        # 7. optimizer step, then the EMA of the weights
-        if self.scaler is not None:  # the scaler gives the fused optimizer its own found_inf (non-finite gradients)
-            self.scaler.step(self.optimizer)
+        # 7. optimizer step (on gradients unscaled already under fp16: the scaler's own found_inf, non-finite
+        # gradients, is part of this one), then the EMA of the weights
+        self.optimizer.found_inf, self.optimizer.grad_scale = skipped.float(), None
+        self.optimizer.step()
+        del self.optimizer.found_inf, self.optimizer.grad_scale
+        if self.scaler is not None:
             self.scaler.update()
-        else:
-            self.optimizer.found_inf, self.optimizer.grad_scale = skipped.float(), None
-            self.optimizer.step()
-            del self.optimizer.found_inf, self.optimizer.grad_scale
         self.ema.update(self.model, self.batch_images, applied)
 
     def settle(self) -> None:
         """Read what the steps since the last read left on the device (one copy to the host): count the skipped
-        steps (the EMA's counts too), log them, and stop the run after --max-nonfinite non-finite steps in a row.
-        Every rank calls it at the same steps (the values agree), so all stop together."""
-        loss, applied, skipped, skipped_images, longest, self._last_grad = torch.cat(
+        steps, log them, and stop the run after --max-nonfinite non-finite steps in a row. Every rank calls it at
+        the same steps (the values agree), so all stop together. What it reads changes no later computation, so
+        when it is called does not matter to the results."""
+        loss, applied, skipped, longest, self._last_grad = torch.cat(
             [self._sums, torch.stack([self._longest, self._last[1]]).double()]).tolist()
         self._sums.zero_()
         self._longest.copy_(self._run)
@@ -315,7 +314,6 @@ class Session:
             acc[1] += int(applied)
         if skipped:
             self.skipped += int(skipped)
-            self.ema.uncount(int(skipped), int(skipped_images))
             where = f"step {self.step}" if first == self.step else f"steps {first}-{self.step}"
             self.logger.log(f"{where}: {int(skipped)} step(s) skipped for a non-finite loss or gradient "
                             f"({self.skipped} so far)")
@@ -376,7 +374,7 @@ class Session:
                 self._prev_end = now
                 self._plan_length(epoch, i)
             images += x0.shape[0]
-            self.reporter.step(i + 1, self.shown_loss())
+            self.reporter.step(i + 1, self.shown_loss() if self.world.is_main else float("nan"))
             if self.step % c.train.log_every == 0 or i + 1 == spe or self.finished():
                 self.settle()
                 elapsed = time.perf_counter() - t0
@@ -468,11 +466,14 @@ class Session:
         images = state.get("ema_images", state["ema_updates"] * self.c.data.batch_size * state["progress"].get(
             "world_size", self.world.size))
         self.ema.load_state_dict(ckpt.strip_prefix(state["ema"]), state["ema_updates"], images)
-        self.optimizer.load_state_dict(state["optimizer"])
+        optimizer = state["optimizer"]  # saved before the step needed fused kernels: it would load as not fused
+        optimizer["param_groups"] = [{**group, "fused": True, "foreach": None} for group in optimizer["param_groups"]]
+        self.optimizer.load_state_dict(optimizer)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         progress = state["progress"]
         self.step, self.skipped = progress["step"], progress["skipped_steps"]
+        self._settled_step = self.step
         if self.by_steps and progress.get("total_steps") is not None:  # the length it was given or measured
             self.total = progress["total_steps"]
         self.bad_files = set(progress.get("skipped_files", []))
