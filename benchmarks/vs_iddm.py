@@ -6,10 +6,12 @@
 Both get IDDM's own flags (`--network unet --batch_size 8 --image_size 32 --epochs N --dataset_path DIR ...`,
 conditional, no previews), which `iddm dm train` accepts as they are; each runs in its own process and is timed from
 start to exit (start-up, data loading, every step and every checkpoint). IDDM refuses to train without CUDA since
-1.1.2; here its device function is replaced by one returning the CPU, and nothing else of it is changed. IDDM needs
-its own dependencies (matplotlib, coloredlogs, tqdm, requests, tensorboard); put them in a virtual environment and
-give its python with --iddm-python. Prints a Markdown table: wall seconds, images/s over the whole process, and the
-ratio. --ours-args adds flags to iddm's run only (`--amp` where the CPU has bf16, `--compile`).
+1.1.2; here its device function is replaced by one returning the CPU, and `transformers` (which IDDM imports for
+its text mode; class conditioning never uses it) by an empty module when it is not installed; nothing else of it
+is changed. IDDM needs its own dependencies (matplotlib, coloredlogs, scikit-image, tqdm, requests, tensorboard);
+put them in a virtual environment and give its python with --iddm-python. Prints a Markdown table: wall seconds,
+images/s over the whole process, and the ratio. --ours-args adds flags to iddm's run only (`--amp` where the CPU
+has bf16, `--compile`).
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ import time
 from pathlib import Path
 
 IDDM_ON_CPU = """
-import sys, torch
+import sys, types, torch
 sys.path.insert(0, sys.argv[1])
+clip = types.ModuleType("transformers")  # imported for IDDM's text mode only; class conditioning never calls it
+clip.CLIPTextModel = clip.CLIPTokenizer = None
+sys.modules.setdefault("transformers", clip)
 sys.argv = ["train.py", *sys.argv[2:]]
 import iddm.model.trainers.base as base
 base.device_initializer = lambda device_id=0, is_train=False: torch.device("cpu")

@@ -43,3 +43,8 @@ def test_the_step_sync_check_runs():
     result = run_script("benchmarks/step_sync_check.py", "--steps", "4")
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     assert "nothing to check" in result.stdout or result.stdout.count("without waiting for the GPU") == 2
+
+
+def test_the_iddm_comparison_refuses_a_folder_that_is_not_an_iddm_checkout(tmp_path):
+    result = run_script("benchmarks/vs_iddm.py", "--iddm", str(tmp_path), "--data", str(tmp_path))
+    assert result.returncode == 2 and f"--iddm: {tmp_path} holds no iddm/tools/train.py" in result.stderr
