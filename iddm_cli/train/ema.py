@@ -36,16 +36,17 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module, batch: int, applied: torch.Tensor) -> None:
         """Average in the weights after a step of ``batch`` images. ``applied``: a 0-d bool on the weights' device,
-        False for a skipped step, which leaves the average as it was, decided on the device (a weight given as a
-        tensor: torch's lerp would copy a 0-d weight to the host). Every step counts, skipped or not, so the counts
-        never wait for the device."""
+        False for a skipped step, which leaves the average as it was, decided on the device: the weight is a list
+        of 0-d tensors (one 0-d tensor alone would be read on the host, a copy that waits for the GPU), and lerp
+        reads and writes each average once. Every step counts, skipped or not, so the counts never wait for the
+        device."""
         self.updates += 1  # counts this update: the per-step warm-up starts at 2/11
         d = self.current_decay(batch)
         self.images += batch  # after: the half-life ramp-up counts the images before this step
         ema_params = list(self.model.parameters())
-        delta = torch._foreach_sub([p.detach().float() for p in model.parameters()], ema_params)
-        torch._foreach_mul_(delta, applied.to(torch.float32) * (1.0 - d))
-        torch._foreach_add_(ema_params, delta)  # ema += (1 - d) (p - ema), or += 0 for a skipped step
+        weight = applied.to(torch.float32) * (1.0 - d)
+        # ema += (1 - d) (p - ema), or += 0 for a skipped step
+        torch._foreach_lerp_(ema_params, [p.detach().float() for p in model.parameters()], [weight] * len(ema_params))
         for b_ema, b in zip(self.model.buffers(), model.buffers(), strict=True):
             b_ema.copy_(b)
 
