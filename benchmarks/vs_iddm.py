@@ -26,11 +26,12 @@ import time
 from pathlib import Path
 
 IDDM_ON_CPU = """
-import sys, types, torch
+import importlib.util, sys, types, torch
 sys.path.insert(0, sys.argv[1])
-clip = types.ModuleType("transformers")  # imported for IDDM's text mode only; class conditioning never calls it
-clip.CLIPTextModel = clip.CLIPTokenizer = None
-sys.modules.setdefault("transformers", clip)
+if importlib.util.find_spec("transformers") is None:  # for IDDM's text mode only; class conditioning never calls it
+    clip = types.ModuleType("transformers")
+    clip.CLIPTextModel = clip.CLIPTokenizer = None
+    sys.modules["transformers"] = clip
 sys.argv = ["train.py", *sys.argv[2:]]
 import iddm.model.trainers.base as base
 base.device_initializer = lambda device_id=0, is_train=False: torch.device("cpu")
@@ -70,12 +71,13 @@ def main() -> None:
              "--epochs", str(args.epochs), "--dataset_path", str(args.data), "--num_workers", "0", "--conditional"]
     threads = os.environ.get("OMP_NUM_THREADS") or str(os.cpu_count())
     rows = []
-    for name, cmd in (
-            ("IDDM", [args.iddm_python, "-c", IDDM_ON_CPU, str(args.iddm.resolve()), *flags,
-                      "--result_path", str(out / "iddm"), "--run_name", "bench"]),
-            ("iddm", [sys.executable, "-m", "iddm_cli", "dm", "train", *flags, "--result_path", str(out / "ours"),
-                      "--run_name", "bench", *shlex.split(args.ours_args)])):
-        seconds = timed(cmd, out / f"{name}.log")
+    for name, log, cmd in (
+            ("IDDM", "reference", [args.iddm_python, "-c", IDDM_ON_CPU, str(args.iddm.resolve()), *flags,
+                                   "--result_path", str(out / "reference"), "--run_name", "bench"]),
+            ("iddm", "ours", [sys.executable, "-m", "iddm_cli", "dm", "train", *flags, "--device", "cpu",
+                              "--result_path", str(out / "ours"), "--run_name", "bench",
+                              *shlex.split(args.ours_args)])):
+        seconds = timed(cmd, out / f"{log}.log")
         rows.append((name, seconds, args.epochs * images / seconds))
         print(f"# {name}: {seconds:.1f} s", flush=True)
     print(f"# {args.network}, {args.image_size} px, batch {args.batch_size}, {args.epochs} epochs of {images} images, "

@@ -38,11 +38,13 @@ def test_the_throughput_table_refuses_an_unknown_variant():
     assert result.returncode == 2 and "--variants: unknown fp8" in result.stderr
 
 
-def test_the_step_sync_check_runs():
-    """On a CPU it has nothing to check and says so; on a GPU its steps must not synchronise."""
-    result = run_script("benchmarks/step_sync_check.py", "--steps", "4")
+def test_the_step_sync_check_skips_exactly_the_non_finite_step():
+    """On the CPU it runs the same steps (one with a NaN batch) and checks the skip count; on a GPU it also fails
+    any step that synchronises."""
+    result = run_script("benchmarks/step_sync_check.py", "--device", "cpu", "--steps", "4", "--image-size", "8",
+                        "--batch-size", "2")
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
-    assert "nothing to check" in result.stdout or result.stdout.count("without waiting for the GPU") == 2
+    assert result.stdout.count("4 steps, the non-finite one skipped") == 2
 
 
 def test_the_iddm_comparison_refuses_a_folder_that_is_not_an_iddm_checkout(tmp_path):

@@ -257,6 +257,19 @@ def test_ema_half_life_is_counted_in_images_whatever_the_batch():
     assert average_after(4, 1, rampup=0.05) == 1.0  # with the ramp-up the first update copies the weights
 
 
+def test_the_first_ema_update_with_the_ramp_up_copies_the_weights_exactly_and_a_skipped_one_keeps_them():
+    from iddm_cli.train.ema import EMA
+
+    torch.manual_seed(0)
+    start, trained = torch.nn.Linear(16, 16), torch.nn.Linear(16, 16)
+    ema = EMA(start, decay=0.999, halflife_kimg=0.1, rampup=0.05)
+    ema.update(trained, 4, torch.tensor(True))
+    assert all(torch.equal(a, b) for a, b in zip(ema.model.parameters(), trained.parameters(), strict=True))
+    ema.update(start, 4, torch.tensor(False))
+    assert all(torch.equal(a, b) for a, b in zip(ema.model.parameters(), trained.parameters(), strict=True))
+    assert (ema.updates, ema.images) == (2, 8)  # a skipped step counts
+
+
 def test_ema_half_life_runs_resume_exactly(cond_data, tmp_path):
     from iddm_cli.train.resume import plan_resume
 

@@ -179,7 +179,8 @@ class TrainConfig:
     result_path: str = opt("results", "Folder that holds run directories.", metavar="DIR")
     log_every: int = opt(50, "Steps between status lines and metrics.jsonl records.", ge=1, resumable=True)
     max_nonfinite: int = opt(20, "Stop after this many steps in a row with a non-finite loss or gradient "
-                             "(each one is skipped).", ge=1, resumable=True)
+                             "(each one is skipped; the run is stopped at the next status line, epoch end or "
+                             "checkpoint, before the checkpoint is written).", ge=1, resumable=True)
     resume: bool = opt(False, "Continue the run result_path/run_name where it stopped (like `iddm resume`).",
                        short="-r", compat=True)
     start_epoch: int = opt(-1, "With resume: continue from ckpt_NNN.pt, the state after N epochs (-1 = the newest "
