@@ -10,8 +10,8 @@ start to exit (start-up, data loading, every step and every checkpoint). IDDM re
 its text mode; class conditioning never uses it) by an empty module when it is not installed; nothing else of it
 is changed. IDDM needs its own dependencies (matplotlib, coloredlogs, scikit-image, tqdm, requests, tensorboard);
 put them in a virtual environment and give its python with --iddm-python. Prints a Markdown table: wall seconds,
-images/s over the whole process, and the ratio. --ours-args adds flags to iddm's run only (`--amp` where the CPU
-has bf16, `--compile`).
+images/s over the whole process, and the ratio. --ours-args adds flags to iddm's run only, written with "=" when
+they start with a dash (`--ours-args=--channels-last`, `"--ours-args=--amp --compile"`).
 """
 
 from __future__ import annotations

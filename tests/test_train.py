@@ -295,3 +295,17 @@ def test_compile_without_a_compiler_is_a_config_error(cond_data, tmp_path, monke
     with pytest.raises(ConfigError, match="needs a C\\+\\+ compiler"):
         run_engine(cond_data, tmp_path, compile=True, device="cpu")
     assert not (tmp_path / "df").exists()  # refused while planning: nothing written
+
+
+@pytest.mark.parametrize("network", ["unet", "adm-xs"])
+def test_channels_last_trains_in_that_layout_to_the_same_weights(cond_data, tmp_path, network):
+    plain = run_engine(cond_data, tmp_path, run_name=f"plain-{network}", network=network, epochs=2)
+    nhwc = run_engine(cond_data, tmp_path, run_name=f"nhwc-{network}", network=network, epochs=2,
+                      channels_last=True)
+    a, b = load_checkpoint(plain.checkpoint), load_checkpoint(nhwc.checkpoint)
+    convs = [k for k, v in b["model"].items() if v.dim() == 4 and v.shape[-1] > 1]
+    assert convs and all(b["model"][k].is_contiguous(memory_format=torch.channels_last) for k in convs)
+    assert not all(a["model"][k].is_contiguous(memory_format=torch.channels_last) for k in convs)
+    for part in ("model", "ema"):
+        for k in a[part]:
+            torch.testing.assert_close(b[part][k], a[part][k], rtol=1e-3, atol=1e-4)

@@ -154,6 +154,9 @@ class OptimConfig:
                             "seen so far, so early averages forget the random start (EDM's 0.05; 0 = no ramp-up).",
                             ge=0.0, le=1e6)
     amp: bool = opt(False, "Mixed precision: bf16 autocast where supported, else fp16 with a GradScaler on CUDA.")
+    channels_last: bool = opt(False, "Train in the channels_last memory layout (NHWC): faster convolutions on some "
+                              "CPUs and on GPUs with tensor cores, slower on others (benchmarks/train_throughput.py "
+                              "measures it); the same computation up to rounding.")
     compile: bool = opt(False, "Compile the training step's network with torch.compile (a C++ compiler on the CPU, "
                         "Triton on CUDA): faster steps after a compilation of a minute or more at the start and at "
                         "the first smaller batch (an epoch's last); pays off on long runs. Its generated code is "

@@ -96,7 +96,8 @@ class Session:
         self.plan, self.c, self.reporter, self.logger, self.world = plan, c, reporter, logger, world
         self.device = plan.device
         use_device(self.device)
-        self.model = plan.model.to(self.device).train()
+        layout = torch.channels_last if c.optim.channels_last else torch.preserve_format
+        self.model = plan.model.to(self.device, memory_format=layout).train()  # the EMA copies the layout
         self.net = self.model  # what the step calls: the DDP wrapper under a process group
         if world.launched:  # every parameter is used every step, so no find_unused_parameters
             self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type ==
