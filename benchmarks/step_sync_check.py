@@ -19,10 +19,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-from train_throughput import make_data, open_session  # this folder is on sys.path when run as a script
+from train_throughput import make_data  # this folder is on sys.path when run as a script
 
 from iddm_cli.config import resolve
-from iddm_cli.train.engine import plan_training
+from iddm_cli.train.engine import open_session, plan_training
 
 
 def check(args: argparse.Namespace, amp: bool, tmp: Path) -> str | None:

@@ -16,13 +16,11 @@ and the table goes on. IDDM's networks run at their default width (--base-channe
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import resource
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +29,7 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from iddm_cli.config import resolve
-from iddm_cli.core.reporting import SilentReporter
-from iddm_cli.core.rundir import RunLogger
-from iddm_cli.train.engine import Session, plan_training
+from iddm_cli.train.engine import Session, open_session, plan_training
 
 
 def make_data(root: Path, size: int, classes: int = 10) -> Path:
@@ -57,23 +53,10 @@ def bench(args: argparse.Namespace, amp: bool, tmp: Path) -> dict[str, float | s
     plan = plan_training(resolve(flags=flags).config)
     if amp and plan.amp_dtype is not torch.bfloat16 and args.table:  # fp16 on a GPU older than Ampere, or fp32
         return {"precision": "bf16", "skipped": "no bf16 on this device"}
-    with open_session(plan) as session:
-        return measure(args, plan, session, amp)
-
-
-@contextlib.contextmanager
-def open_session(plan: Any) -> Iterator[Session]:
-    """A training session in the plan's new run folder, whose steps the caller drives; nothing of it stays after
-    (the session and its task refer to each other)."""
-    plan.run_dir.mkdir(parents=True)
-    logger = RunLogger(plan.run_dir)
-    session = Session(plan, SilentReporter(), logger)
     try:
-        yield session
-    finally:
-        session.close()
-        logger.close()
-        del session
+        with open_session(plan) as session:
+            return measure(args, plan, session, amp)
+    finally:  # nothing of this row stays for the next (the session and its task refer to each other)
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

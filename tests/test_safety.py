@@ -12,11 +12,9 @@ from torch import nn
 from iddm_cli.config import resolve
 from iddm_cli.core import checkpoint as ckpt_module
 from iddm_cli.core.checkpoint import load_checkpoint, save_checkpoint
-from iddm_cli.core.reporting import SilentReporter
-from iddm_cli.core.rundir import RunLogger
 from iddm_cli.errors import StorageError
 from iddm_cli.train import objectives
-from iddm_cli.train.engine import Session, plan_training
+from iddm_cli.train.engine import open_session, plan_training
 from tests.conftest import TINY
 
 
@@ -77,15 +75,8 @@ def tiny_session(data, tmp_path, **flags):
     """A training session of an 8 px network, its steps driven by the test."""
     flags = {"dataset_path": str(data), "result_path": str(tmp_path), "image_size": 8, "base_channels": 4,
              "noise_steps": 20, "batch_size": 4, "augment": "resize", "log_every": 100, **flags}
-    plan = plan_training(resolve(flags=flags).config)
-    plan.run_dir.mkdir(parents=True, exist_ok=True)
-    logger = RunLogger(plan.run_dir)
-    session = Session(plan, SilentReporter(), logger)
-    try:
+    with open_session(plan_training(resolve(flags=flags).config)) as session:
         yield session
-    finally:
-        session.close()
-        logger.close()
 
 
 BATCH = torch.rand(4, 3, 8, 8) * 2 - 1, torch.arange(4) % 2

@@ -23,7 +23,8 @@ import signal
 import statistics
 import tempfile
 import time
-from contextlib import AbstractContextManager, suppress
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -238,7 +239,7 @@ class Session:
         skipped for a non-finite value stay on the device until :meth:`settle` reads them. ``sched_step``: the
         position in the learning-rate schedule (epoch * steps_per_epoch + batch). Phases 1-5 are one process's
         computation; the agreement between ranks sits between them and the update."""
-        loss, grad_norm, _ = self.compute_gradients(x0, y, sched_step)
+        loss, grad_norm = self.compute_gradients(x0, y, sched_step)
         loss = loss.detach().float()
         if self.world.launched:  # the loss averaged over ranks, on the device (the gradients already agree)
             loss = dist.all_reduce_sum(loss.reshape(1)).reshape(()) / self.world.size
@@ -246,8 +247,8 @@ class Session:
         self.apply_update(loss, grad_norm.detach().float())
 
     def compute_gradients(self, x0: torch.Tensor, y: torch.Tensor,
-                          sched_step: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """Phases 1-5: (loss, gradient norm) as device tensors, and the learning rate set for this step."""
+                          sched_step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Phases 1-5: (loss, gradient norm) as device tensors; the learning rate is set on the optimizer."""
         c = self.c
 
         # 1. this step's own generator (seed, rank, step): every random draw of the step comes from it; the images
@@ -276,7 +277,7 @@ class Session:
         # 5. clip the gradient norm
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.optim.max_grad_norm or float("inf"))
         self.step += 1
-        return loss, grad_norm, lr
+        return loss, grad_norm
 
     def apply_update(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
         """Phases 6-7, on the device, on values every rank agrees on (the loss averaged over ranks, the norm of the
@@ -468,8 +469,8 @@ class Session:
             "world_size", self.world.size))
         self.ema.load_state_dict(ckpt.strip_prefix(state["ema"]), state["ema_updates"], images)
         optimizer = state["optimizer"]  # saved before the step needed fused kernels: it would load as not fused
-        optimizer["param_groups"] = [{**group, "fused": True, "foreach": None} for group in optimizer["param_groups"]]
-        self.optimizer.load_state_dict(optimizer)
+        self.optimizer.load_state_dict({**optimizer, "param_groups": [
+            {**group, "fused": True, "foreach": None} for group in optimizer["param_groups"]]})
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         progress = state["progress"]
@@ -491,6 +492,20 @@ class Session:
             note = (f"note: the run was saved by {saved_world} process(es) and continues on {self.world.size}: the "
                     "data order from here on differs from a run that was never interrupted")
         return progress["epoch"], position, note
+
+
+@contextmanager
+def open_session(plan: Plan) -> Iterator[Session]:
+    """A silent session in the plan's new run folder whose steps the caller drives (benchmarks, tests); closed,
+    with its log, when the block ends."""
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    logger = RunLogger(plan.run_dir)
+    session = Session(plan, SilentReporter(), logger)
+    try:
+        yield session
+    finally:
+        session.close()
+        logger.close()
 
 
 def _open_run(plan: Plan, state: dict[str, Any] | None, provenance: dict[str, Any] | None,
