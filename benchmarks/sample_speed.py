@@ -2,7 +2,7 @@
 
     python benchmarks/sample_speed.py [--checkpoint RUN_DIR] [--images 80]
 
-1. images/s of every sampler at its default step count, with the demo-sized network (unet base 16, 1x16x16,
+1. images/s of every sampler at its default step count, with a small network (unet base 16, 1x16x16,
    10 classes, guidance 2.0). Speed does not depend on the weights, so without --checkpoint a fresh network is used.
 2. Error against network evaluations (NFE) on Gaussian data N(0.3, 0.2^2) with the exact noise predictor:
    |mean - 0.3| + |std - 0.2| of 4000 samples, linear schedule, T = 1000.
