@@ -117,6 +117,22 @@ def test_max_time_and_kimg_are_checked(invoke, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_a_length_given_above_replaces_the_profiles(tmp_path):
+    """--epochs, --kimg and --max-time are one choice: the highest layer that gives one sets the length alone (a
+    profile planned for a time budget still trains the --epochs or --kimg its user asks for)."""
+    timed = write(tmp_path / "timed.toml", '[train]\nmax_time = "10m"\n')
+    r = resolve(str(timed), flags={"epochs": 3})
+    assert (r.config.train.epochs, r.config.train.max_time, r.sources["max_time"]) == (3, "", "default")
+    r = resolve(str(timed), flags={"kimg": 5.0})
+    assert (r.config.train.kimg, r.config.train.max_time) == (5.0, "")
+    r = resolve(str(timed), ["train.kimg=2"], {"seed": 1})  # --set is above the profile too
+    assert (r.config.train.kimg, r.config.train.max_time, r.sources["kimg"]) == (2.0, "", "--set")
+    r = resolve(str(timed), flags={"seed": 1})  # a layer that gives no length keeps the one below
+    assert r.config.train.max_time == "10m" and r.sources["max_time"] == f"profile:{timed}"
+    child = write(tmp_path / "child.toml", 'extends = "timed.toml"\n[train]\nepochs = 4\n')
+    assert (resolve(str(child)).config.train.epochs, resolve(str(child)).config.train.max_time) == (4, "")
+
+
 def test_types_and_bounds():
     for sets, match in [(["epochs=0"], "expected a value >= 1"), (["amp=1"], "expected true or false"),
                         (["epochs=2.5"], "expected an integer"), (["cfg_dropout=2"], "expected a value <= 1"),

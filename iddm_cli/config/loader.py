@@ -317,6 +317,11 @@ def _describe(value: Any) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- resolve
+# the three ways to give the length of a run: one choice, so the layer that gives one of them (a flag over --set over
+# a profile) sets the length on its own, and the others from the layers below are dropped
+LENGTH = frozenset({"epochs", "kimg", "max_time"})
+
+
 def resolve(profile: str | None = None, sets: list[str] | tuple[str, ...] = (),
             flags: dict[str, Any] | None = None, schema: Schema = DM) -> Resolved:
     """Merge the layers, type-check every value, and return the config with each value's source. ``schema``: the
@@ -342,6 +347,9 @@ def resolve(profile: str | None = None, sets: list[str] | tuple[str, ...] = (),
     values = {name: spec.default for name, spec in fields.items()}
     sources = dict.fromkeys(fields, "default")
     for source, layer in layers:
+        if LENGTH.intersection(layer):  # a length (--epochs, --kimg or --max-time) replaces the one below it
+            for name in LENGTH.intersection(fields):
+                values[name], sources[name] = fields[name].default, "default"
         for name, raw in layer.items():
             spec = fields[name]
             origin = spec.flag if source == "flag" else source.removeprefix("profile:")

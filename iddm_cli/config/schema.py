@@ -172,7 +172,8 @@ class TrainConfig:
     max_time: str = opt("", "Train for a wall-clock budget instead of --epochs: 90s, 10m, 2h, 1h30m. The first steps "
                         "measure the speed; the step count, and with it the learning-rate schedule, is then fixed "
                         "and stored so that the run, its epoch ends and its final checkpoint (and preview) fit in "
-                        "the budget as estimated. --epochs is then ignored.",
+                        "the budget as estimated. --epochs is then ignored (given as a flag, it replaces a profile's "
+                        "budget).",
                         metavar="DURATION")
     kimg: float = opt(0.0, "Train for this many thousand images instead of --epochs (EDM's unit): "
                       "ceil(kimg x 1000 / global batch) steps, ending wherever in an epoch that falls; --epochs is "
