@@ -129,6 +129,9 @@ def test_a_length_given_above_replaces_the_profiles(tmp_path):
     assert (r.config.train.kimg, r.config.train.max_time, r.sources["kimg"]) == (2.0, "", "--set")
     r = resolve(str(timed), flags={"seed": 1})  # a layer that gives no length keeps the one below
     assert r.config.train.max_time == "10m" and r.sources["max_time"] == f"profile:{timed}"
+    epochs = write(tmp_path / "epochs.toml", "[train]\nepochs = 7\n")
+    r = resolve(str(epochs), flags={"kimg": 0.0})  # a length switched off chooses nothing
+    assert (r.config.train.epochs, r.config.train.kimg) == (7, 0.0)
     child = write(tmp_path / "child.toml", 'extends = "timed.toml"\n[train]\nepochs = 4\n')
     assert (resolve(str(child)).config.train.epochs, resolve(str(child)).config.train.max_time) == (4, "")
 

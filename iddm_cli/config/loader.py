@@ -322,6 +322,11 @@ def _describe(value: Any) -> str:
 LENGTH = frozenset({"epochs", "kimg", "max_time"})
 
 
+def gives_length(layer: dict[str, Any]) -> bool:
+    """Whether a layer chooses the length: --epochs, or a --kimg or --max-time that is on (0 and "" are off)."""
+    return "epochs" in layer or any(layer.get(name) not in (None, 0, "") for name in ("kimg", "max_time"))
+
+
 def resolve(profile: str | None = None, sets: list[str] | tuple[str, ...] = (),
             flags: dict[str, Any] | None = None, schema: Schema = DM) -> Resolved:
     """Merge the layers, type-check every value, and return the config with each value's source. ``schema``: the
@@ -347,7 +352,7 @@ def resolve(profile: str | None = None, sets: list[str] | tuple[str, ...] = (),
     values = {name: spec.default for name, spec in fields.items()}
     sources = dict.fromkeys(fields, "default")
     for source, layer in layers:
-        if LENGTH.intersection(layer):  # a length (--epochs, --kimg or --max-time) replaces the one below it
+        if gives_length(layer):  # a length (--epochs, --kimg or --max-time) replaces the one below it
             for name in LENGTH.intersection(fields):
                 values[name], sources[name] = fields[name].default, "default"
         for name, raw in layer.items():

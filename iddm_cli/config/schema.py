@@ -163,6 +163,10 @@ class OptimConfig:
                         "cached in RUN/compile-cache.", resumable=True)
 
 
+ONE_LENGTH = ("Of --epochs, --kimg and --max-time, the one given at the highest layer (flag, --set, profile) sets the "
+              "length; --kimg and --max-time in one layer are refused.")
+
+
 @dataclass(kw_only=True)
 class TrainConfig:
     PANEL: ClassVar[str] = "Training"
@@ -172,12 +176,11 @@ class TrainConfig:
     max_time: str = opt("", "Train for a wall-clock budget instead of --epochs: 90s, 10m, 2h, 1h30m. The first steps "
                         "measure the speed; the step count, and with it the learning-rate schedule, is then fixed "
                         "and stored so that the run, its epoch ends and its final checkpoint (and preview) fit in "
-                        "the budget as estimated. --epochs is then ignored (given as a flag, it replaces a profile's "
-                        "budget).",
+                        "the budget as estimated. " + ONE_LENGTH,
                         metavar="DURATION")
     kimg: float = opt(0.0, "Train for this many thousand images instead of --epochs (EDM's unit): "
                       "ceil(kimg x 1000 / global batch) steps, ending wherever in an epoch that falls; --epochs is "
-                      "then ignored.", ge=0, metavar="KIMG")
+                      "then ignored. " + ONE_LENGTH, ge=0, metavar="KIMG")
     run_name: str = opt("df", "Run directory name under result_path: one folder name.", short="-n",
                          metavar="NAME")
     result_path: str = opt("results", "Folder that holds run directories.", metavar="DIR")
