@@ -323,8 +323,8 @@ LENGTH = frozenset({"epochs", "kimg", "max_time"})
 
 
 def gives_length(layer: dict[str, Any]) -> bool:
-    """Whether a layer chooses the length: --epochs, or a --kimg or --max-time that is on (0 and "" are off)."""
-    return "epochs" in layer or any(layer.get(name) not in (None, 0, "") for name in ("kimg", "max_time"))
+    """Whether a layer chooses the length: one of LENGTH that is on (a kimg of 0 and an empty max_time are off)."""
+    return any(layer.get(name) not in (None, 0, "") for name in LENGTH)
 
 
 def resolve(profile: str | None = None, sets: list[str] | tuple[str, ...] = (),
