@@ -20,9 +20,9 @@ class RunOptions:
 
     PANEL: ClassVar[str] = "Run"
 
-    profile: str = opt(None, "A shipped profile (dm train: demo, latent-demo, cifar10, landscape, ci-smoke; vae "
-                       "train: vae-demo, neu-det), one in "
-                       "~/.config/iddm/profiles/, or a .toml file.", kind="str", short="-p", metavar="NAME|FILE",
+    profile: str = opt(None, "A shipped profile (dm train: demo, cpu-32, latent-demo, cifar10, landscape, "
+                       "ci-smoke; vae train: vae-demo, neu-det), one in ~/.config/iddm/profiles/, or a .toml file.",
+                       kind="str", short="-p", metavar="NAME|FILE",
                        complete="profiles")
     sets: list = opt([], "Override one key (value parsed as TOML), e.g. --set optim.lr=1e-4. Repeatable; flags win.",
                      kind="strlist", flag="--set", metavar="KEY=VALUE", shown="")
