@@ -116,6 +116,8 @@ def main() -> None:
     parser.add_argument("--ref-per-class", type=int, default=100)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--num", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed of every row (the training seed is a "
+                        "--train-args flag)")
     parser.add_argument("--steps", default="10,20")
     parser.add_argument("--samplers", default=",".join(SAMPLERS))
     parser.add_argument("--out", type=Path, default=Path("bench-quality"))
@@ -149,7 +151,7 @@ def main() -> None:
         sampler, steps = row
         start = time.perf_counter()
         result = iddm("eval", "fid", "--ref", ref, "--ckpt", run, "--sampler", sampler, "--steps", steps,
-                      "--num", args.num, "--json", threads=threads if args.jobs > 1 else None)
+                      "--num", args.num, "--seed", args.seed, "--json", threads=threads if args.jobs > 1 else None)
         wall = time.perf_counter() - start
         nfe = SAMPLERS[sampler].nfe(len(timesteps(diffusion, steps)))
         if result.returncode:
