@@ -136,6 +136,25 @@ def test_a_length_given_above_replaces_the_profiles(tmp_path):
     assert (resolve(str(child)).config.train.epochs, resolve(str(child)).config.train.max_time) == (4, "")
 
 
+def test_an_ema_given_above_replaces_the_profiles(tmp_path):
+    """--ema-decay and --ema-halflife-kimg are one choice as the length is: a decay per step given as a flag is used
+    even when the profile sets a half-life (which, given in the same layer, would win)."""
+    halflife = write(tmp_path / "halflife.toml", "[optim]\nema_halflife_kimg = 500\nema_decay = 0.9\n")
+    r = resolve(str(halflife), flags={"ema_decay": 0.999})
+    assert (r.config.optim.ema_decay, r.config.optim.ema_halflife_kimg, r.sources["ema_halflife_kimg"]) == (
+        0.999, 0.0, "default")
+    r = resolve(str(halflife), ["optim.ema_decay=0.99"])
+    assert (r.config.optim.ema_decay, r.config.optim.ema_halflife_kimg) == (0.99, 0.0)
+    r = resolve(str(halflife), flags={"lr": 1e-3})  # a layer that gives no EMA keeps the one below
+    assert (r.config.optim.ema_decay, r.config.optim.ema_halflife_kimg) == (0.9, 500.0)
+    r = resolve(str(halflife), flags={"ema_halflife_kimg": 0.0})  # the half-life switched off: the decay below stays
+    assert (r.config.optim.ema_decay, r.config.optim.ema_halflife_kimg) == (0.9, 0.0)
+    decay = write(tmp_path / "decay.toml", "[optim]\nema_decay = 0.9\n")
+    r = resolve(str(decay), flags={"ema_halflife_kimg": 10.0})
+    assert (r.config.optim.ema_decay, r.config.optim.ema_halflife_kimg, r.sources["ema_decay"]) == (
+        0.995, 10.0, "default")
+
+
 def test_types_and_bounds():
     for sets, match in [(["epochs=0"], "expected a value >= 1"), (["amp=1"], "expected true or false"),
                         (["epochs=2.5"], "expected an integer"), (["cfg_dropout=2"], "expected a value <= 1"),

@@ -317,14 +317,19 @@ def _describe(value: Any) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- resolve
-# the three ways to give the length of a run: one choice, so the layer that gives one of them (a flag over --set over
-# a profile) sets the length on its own, and the others from the layers below are dropped
-LENGTH = frozenset({"epochs", "kimg", "max_time"})
+# Settings that make one choice together: the highest layer that gives one of a group (a flag over --set over a
+# profile, an extending profile over its parent) makes the choice alone, and the group's values from the layers below
+# are dropped. Each setting maps to its value that chooses nothing (a kimg of 0 gives no length), or None when every
+# value chooses.
+ONE_CHOICE: tuple[dict[str, Any], ...] = (
+    {"epochs": None, "kimg": 0, "max_time": ""},  # the run's length
+    {"ema_decay": None, "ema_halflife_kimg": 0},  # the EMA: a decay per step, or a half-life in images
+)
 
 
-def gives_length(layer: dict[str, Any]) -> bool:
-    """Whether a layer chooses the length: one of LENGTH that is on (a kimg of 0 and an empty max_time are off)."""
-    return any(layer.get(name) not in (None, 0, "") for name in LENGTH)
+def chooses(layer: dict[str, Any], group: dict[str, Any]) -> bool:
+    """Whether a layer makes the group's choice: it gives one of the group's settings a value that chooses."""
+    return any(name in layer and layer[name] != off for name, off in group.items())
 
 
 def resolve(profile: str | None = None, sets: list[str] | tuple[str, ...] = (),
@@ -352,9 +357,10 @@ def resolve(profile: str | None = None, sets: list[str] | tuple[str, ...] = (),
     values = {name: spec.default for name, spec in fields.items()}
     sources = dict.fromkeys(fields, "default")
     for source, layer in layers:
-        if gives_length(layer):  # a length (--epochs, --kimg or --max-time) replaces the one below it
-            for name in LENGTH.intersection(fields):
-                values[name], sources[name] = fields[name].default, "default"
+        for group in ONE_CHOICE:  # say, --epochs replaces the profile's max_time
+            if chooses(layer, group):
+                for name in group.keys() & fields.keys():
+                    values[name], sources[name] = fields[name].default, "default"
         for name, raw in layer.items():
             spec = fields[name]
             origin = spec.flag if source == "flag" else source.removeprefix("profile:")

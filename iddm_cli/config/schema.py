@@ -123,6 +123,16 @@ class DiffusionConfig:
                              ge=0.0, le=1.0)
 
 
+def one_choice(flags: str, what: str) -> str:
+    """The help sentence of settings that make one choice together (:data:`iddm_cli.config.loader.ONE_CHOICE`)."""
+    return f"Of {flags}, the one given at the highest layer (flag, --set, profile) sets {what}"
+
+
+ONE_LENGTH = (one_choice("--epochs, --kimg and --max-time", "the length")
+              + "; --kimg and --max-time in one layer are refused.")
+ONE_EMA = one_choice("--ema-decay and --ema-halflife-kimg", "the EMA") + "; in one layer, the half-life."
+
+
 def _lr(default: float) -> Any:
     return opt(default, "Peak learning rate.", gt=0.0, le=10.0)
 
@@ -144,12 +154,12 @@ class OptimConfig:
     loss: str = opt("mse", "Loss between the network's output and its target (the noise, v or x0: --prediction).",
                     choices=C.LOSSES)
     max_grad_norm: float = opt(1.0, "Clip the gradient norm to this value (0 = no clipping).", ge=0.0)
-    ema_decay: float = opt(0.995, "EMA decay after warm-up; the warm-up uses min(decay, (1+n)/(10+n)).",
+    ema_decay: float = opt(0.995, "EMA decay after warm-up; the warm-up uses min(decay, (1+n)/(10+n)). " + ONE_EMA,
                            ge=0.0, le=1.0)
     ema_halflife_kimg: float = opt(0.0, "EMA by half-life in thousands of training images (EDM's), the same for "
                                    "any batch size and number of devices: each step of B images (all devices) "
-                                   "decays the average by 0.5^(B / half-life); 0 = use ema_decay per step.", ge=0.0,
-                                   le=1e9, metavar="KIMG")
+                                   "decays the average by 0.5^(B / half-life); 0 = use ema_decay per step. " + ONE_EMA,
+                                   ge=0.0, le=1e9, metavar="KIMG")
     ema_rampup: float = opt(0.05, "With ema_halflife_kimg: the half-life is at most this fraction of the images "
                             "seen so far, so early averages forget the random start (EDM's 0.05; 0 = no ramp-up).",
                             ge=0.0, le=1e6)
@@ -163,8 +173,6 @@ class OptimConfig:
                         "cached in RUN/compile-cache.", resumable=True)
 
 
-ONE_LENGTH = ("Of --epochs, --kimg and --max-time, the one given at the highest layer (flag, --set, profile) sets the "
-              "length; --kimg and --max-time in one layer are refused.")
 
 
 @dataclass(kw_only=True)
