@@ -71,6 +71,14 @@ def test_every_problem_with_path_and_severity(tmp_path):
     assert {"mixed-color"} <= {p["code"] for p in report["problems"]}
     counts = {c["name"]: c["count"] for c in report["classes"]}
     assert counts == {"a": 6, "b": 10, "empty": 0}
+    summary = check(root, "--image-size", "8", "--deep").output.strip().splitlines()[-1]
+    assert summary.startswith("16 of 19 images usable, 4 errors, ")  # the images that train, of the files checked
+
+
+def test_the_summary_counts_in_words(tmp_path):
+    root = make_dataset(tmp_path / "one", ["x", "y"])
+    (root / "x" / "zero.png").write_bytes(b"")
+    assert check(root).output.strip().splitlines()[-1].startswith("12 of 13 images usable, 1 error, ")
 
 
 def test_quick_mode_reads_headers_only(tmp_path):

@@ -247,6 +247,10 @@ def _dataset_problems(root: Path, layout: str, classes: list[ClassStats], infos:
 
 
 def summarise(report: Report) -> str:
-    return (f"{report.images} images, {len(report.errors)} errors, {len(report.warnings)} warnings "
+    """One line: the images that train (of the image files checked, when some fail), errors, warnings, speed."""
+    usable = sum(c.count for c in report.classes)
+    images = f"{usable} images" if usable == report.images else f"{usable} of {report.images} images usable"
+    errors, warnings = len(report.errors), len(report.warnings)
+    return (f"{images}, {errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)} "
             f"({report.images_per_s:.0f} images/s, {'deep' if report.deep else 'quick'})")
 
