@@ -68,6 +68,11 @@ def plan_resume(run_dir: str | Path, overrides: dict[str, Any], start_epoch: int
     path, state, notes = find_state(run, start_epoch)
     config = config_from_dict(state["config"], f"{path} (the config saved in it)")
     created = _check_record(toml, path, state)
+    if (config.train.kimg or config.train.max_time) and overrides.get("epochs") not in (None, config.train.epochs):
+        length = f"--max-time {config.train.max_time}" if config.train.max_time else f"--kimg {config.train.kimg:g}"
+        raise ConfigError(f"--epochs {overrides['epochs']}: {run} is a {length} run, whose length --epochs cannot "
+                          f"change; to train on after it, start a new run from it: --pretrain --pretrain-path "
+                          f"{run / 'ckpt_last.pt'}")
     changed = _apply_overrides(config, overrides, run)
     newer = _newer_states(run, path, state) if start_epoch >= 0 else []
     if newer and not force:
