@@ -9,6 +9,7 @@ import pytest
 
 from iddm_cli.config import FIELDS, check_runnable, resolve, to_toml
 from iddm_cli.config.loader import config_from_dict, parse_duration, parse_image_size
+from iddm_cli.config.schema import VAE
 from iddm_cli.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -149,6 +150,11 @@ def test_an_ema_given_above_replaces_the_profiles(tmp_path):
     assert (r.config.optim.ema_decay, r.config.optim.ema_halflife_kimg) == (0.9, 500.0)
     r = resolve(str(halflife), flags={"ema_halflife_kimg": 0.0})  # the half-life switched off: the decay below stays
     assert (r.config.optim.ema_decay, r.config.optim.ema_halflife_kimg) == (0.9, 0.0)
+    child = write(tmp_path / "child.toml", 'extends = "halflife.toml"\n[optim]\nema_decay = 0.99\n')
+    assert resolve(str(child)).config.optim.ema_halflife_kimg == 0.0  # an extending profile is a layer above
+    autoencoder = write(tmp_path / "ae.toml", 'kind = "vae"\n[optim]\nema_halflife_kimg = 50\n')
+    r = resolve(str(autoencoder), flags={"ema_decay": 0.99}, schema=VAE)
+    assert (r.config.optim.ema_decay, r.config.optim.ema_halflife_kimg) == (0.99, 0.0)
     decay = write(tmp_path / "decay.toml", "[optim]\nema_decay = 0.9\n")
     r = resolve(str(decay), flags={"ema_halflife_kimg": 10.0})
     assert (r.config.optim.ema_decay, r.config.optim.ema_halflife_kimg, r.sources["ema_decay"]) == (

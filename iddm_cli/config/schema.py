@@ -123,14 +123,15 @@ class DiffusionConfig:
                              ge=0.0, le=1.0)
 
 
-def one_choice(flags: str, what: str) -> str:
+def one_choice(flags: str, on: str, what: str) -> str:
     """The help sentence of settings that make one choice together (:data:`iddm_cli.config.loader.ONE_CHOICE`)."""
-    return f"Of {flags}, the one given at the highest layer (flag, --set, profile) sets {what}"
+    return f"Of {flags}, the one given at the highest layer (flag, --set, profile; {on}) sets {what}"
 
 
-ONE_LENGTH = (one_choice("--epochs, --kimg and --max-time", "the length")
+ONE_LENGTH = (one_choice("--epochs, --kimg and --max-time", "a kimg above 0, a max_time not empty", "the length")
               + "; --kimg and --max-time in one layer are refused.")
-ONE_EMA = one_choice("--ema-decay and --ema-halflife-kimg", "the EMA") + "; in one layer, the half-life."
+ONE_EMA = (one_choice("--ema-decay and --ema-halflife-kimg", "a half-life above 0", "the EMA")
+           + "; given in one layer, a half-life above 0 wins.")
 
 
 def _lr(default: float) -> Any:
@@ -171,8 +172,6 @@ class OptimConfig:
                         "Triton on CUDA): faster steps after a compilation of a minute or more at the start and at "
                         "the first smaller batch (an epoch's last); pays off on long runs. Its generated code is "
                         "cached in RUN/compile-cache.", resumable=True)
-
-
 
 
 @dataclass(kw_only=True)
@@ -340,7 +339,7 @@ class AutoencoderOptimConfig(OptimConfig):
                     choices=C.AUTOENCODER_LOSSES)
     kl_weight: float = opt(1e-4, "Weight of the KL term (IDDM's 1e-4).", ge=0.0, le=1.0)
     ema_decay: float = opt(0.0, "EMA of the weights, which validation and the latent diffusion use (0 = none: the "
-                           "weights themselves, as in IDDM).", ge=0.0, le=1.0)
+                           "weights themselves, as in IDDM; unless a half-life is set). " + ONE_EMA, ge=0.0, le=1.0)
 
 
 @dataclass(kw_only=True)
