@@ -72,13 +72,21 @@ def test_every_problem_with_path_and_severity(tmp_path):
     counts = {c["name"]: c["count"] for c in report["classes"]}
     assert counts == {"a": 6, "b": 10, "empty": 0}
     summary = check(root, "--image-size", "8", "--deep").output.strip().splitlines()[-1]
-    assert summary.startswith("16 of 19 images usable, 4 errors, ")  # the images that train, of the files checked
+    assert summary.startswith("16 of 19 image files usable, 4 errors, ")  # the images that load, of those checked
+    assert (report["images"], report["usable"]) == (19, 16)
 
 
 def test_the_summary_counts_in_words(tmp_path):
     root = make_dataset(tmp_path / "one", ["x", "y"])
     (root / "x" / "zero.png").write_bytes(b"")
-    assert check(root).output.strip().splitlines()[-1].startswith("12 of 13 images usable, 1 error, ")
+    assert check(root).output.strip().splitlines()[-1].startswith("12 of 13 image files usable, 1 error, ")
+    clean = tmp_path / "clean"
+    for i in range(4):  # distinct colour images, no warnings of their own
+        (clean / "xy"[i % 2]).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (60 * i, 0, 0)).save(clean / "xy"[i % 2] / f"{i}.png")
+    (clean / "x" / "notes.txt").write_text("x")
+    assert check(clean, "--image-size", "8").output.strip().splitlines()[-1].startswith(
+        "4 images, 0 errors, 1 warning (")
 
 
 def test_quick_mode_reads_headers_only(tmp_path):

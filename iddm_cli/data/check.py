@@ -71,13 +71,19 @@ class Report:
         return [p for p in self.problems if p.severity == "warning"]
 
     @property
+    def usable(self) -> int:
+        """The images that load, over every class (or group): the files checked less those that fail."""
+        return sum(c.count for c in self.classes)
+
+    @property
     def images_per_s(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "kind": self.kind, "layout": self.layout, "mode": "deep" if self.deep else "quick",
-                "images": self.images, "errors": len(self.errors), "warnings": len(self.warnings),
-                "images_per_s": round(self.images_per_s, 1), "classes": [asdict(c) for c in self.classes],
+                "images": self.images, "usable": self.usable, "errors": len(self.errors),
+                "warnings": len(self.warnings), "images_per_s": round(self.images_per_s, 1),
+                "classes": [asdict(c) for c in self.classes],
                 "problems": [asdict(p) for p in self.problems]}
 
 
@@ -247,9 +253,9 @@ def _dataset_problems(root: Path, layout: str, classes: list[ClassStats], infos:
 
 
 def summarise(report: Report) -> str:
-    """One line: the images that train (of the image files checked, when some fail), errors, warnings, speed."""
-    usable = sum(c.count for c in report.classes)
-    images = f"{usable} images" if usable == report.images else f"{usable} of {report.images} images usable"
+    """One line: the usable images (of the image files checked, when some fail), errors, warnings, speed."""
+    usable = report.usable
+    images = f"{usable} images" if usable == report.images else f"{usable} of {report.images} image files usable"
     errors, warnings = len(report.errors), len(report.warnings)
     return (f"{images}, {errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)} "
             f"({report.images_per_s:.0f} images/s, {'deep' if report.deep else 'quick'})")
