@@ -203,6 +203,10 @@ def test_dry_run_counts_the_networks_flops_on_a_meta_copy(cond_data, tmp_path):
         assert any("GFLOP per sample" in line for line in plan.describe(cost=True))
         assert not any("GFLOP" in line for line in plan.describe())
     assert not any(p.is_meta for p in plan.model.parameters())  # the plan's own network is untouched
+    # adm-xs ignored the base_channels of 8 above: the plan says so (and not for unet, which uses it)
+    notes = {network: " ".join(plan_training(resolve(flags={**flags, "network": network}).config).notes)
+             for network in ("unet", "adm-xs")}
+    assert "plays no part" in notes["adm-xs"] and "plays no part" not in notes["unet"]
 
 
 def test_kimg_counts_whole_images_in_global_batches(cond_data, tmp_path):

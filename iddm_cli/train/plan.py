@@ -19,7 +19,7 @@ from torch import nn
 
 from iddm_cli.config import Config, image_hw
 from iddm_cli.config.loader import parse_duration
-from iddm_cli.config.schema import VAE, schema_of
+from iddm_cli.config.schema import DM, VAE, schema_of
 from iddm_cli.core.checkpoint import load_pretrained
 from iddm_cli.core.devices import Layout, World, loader_workers, plan_layout
 from iddm_cli.core.iddm_import import load_any
@@ -280,7 +280,7 @@ def plan_training(config: Any, run_dir: Path | None = None, world: World | None 
     if config.optim.compile:
         check_compile(device)
     h, w = image_hw(config)
-    codec_notes: list[str] = []
+    model_notes: list[str] = []
     if vae:
         if val is not None and val.channels != data.channels:
             raise DataError(f"{val.root} is {'gray' if val.channels == 1 else 'colour'} and {data.root} is not: "
@@ -295,11 +295,16 @@ def plan_training(config: Any, run_dir: Path | None = None, world: World | None 
         if codec is not None:
             channels = _check_codec(config, codec, data, (h, w))
             if config.model.cache_latents and config.data.augment != "resize":
-                codec_notes.append(f"note: --cache-latents encodes every image once, resized: augment "
+                model_notes.append(f"note: --cache-latents encodes every image once, resized: augment "
                                    f"{config.data.augment!r} does not apply")
             if list(codec.record["image_size"]) != [h, w]:
                 trained = "x".join(map(str, codec.record["image_size"]))
-                codec_notes.append(f"note: the autoencoder was trained on {trained} images and this run's are {h}x{w}")
+                model_notes.append(f"note: the autoencoder was trained on {trained} images and this run's are {h}x{w}")
+        if (not NETWORKS[config.model.network].uses_base_channels
+                and config.model.base_channels != DM.fields["base_channels"].default):
+            sizes = ", ".join(name for name, entry in NETWORKS.items() if not entry.uses_base_channels)
+            model_notes.append(f"note: model.base_channels = {config.model.base_channels} plays no part: the "
+                               f"{config.model.network} network's size fixes its widths (sizes: {sizes})")
         kwargs = {"in_channels": channels, "out_channels": channels,
                   **({"base_channels": config.model.base_channels}
                      if NETWORKS[config.model.network].uses_base_channels
@@ -316,7 +321,7 @@ def plan_training(config: Any, run_dir: Path | None = None, world: World | None 
         # a new run needs room for its first checkpoint and the next one beside it; a resumed run for one more
         check_free_space(run_dir, checkpoint_bytes(model) * (2 if new_run else 1))
     steps_per_epoch = math.ceil(math.ceil(len(data.samples) / world_size) / config.data.batch_size)
-    notes = [n for n in (amp_note, dir_note, *codec_notes, *layout.notes, *data.notes, *(val.notes if val else []))
+    notes = [n for n in (amp_note, dir_note, *model_notes, *layout.notes, *data.notes, *(val.notes if val else []))
              if n]
     if data.size_stats[1] and data.size_stats[1] < min(h, w):
         notes.append(f"note: half the images are smaller than {min(h, w)} px (median {data.size_stats[1]} px) "
