@@ -141,7 +141,8 @@ def main() -> None:
     diffusion = Diffusion(ckpt["diffusion"]["name"], ckpt["diffusion"]["noise_steps"])
     # the reference's statistics at the model's size, cached once here, before the rows time anything
     reference(str(ref), InceptionFeatures(), size=tuple(ckpt["data"]["image_size"]))
-    print(f"# reference: {ref} (statistics cached at {'x'.join(map(str, ckpt['data']['image_size']))})", flush=True)
+    print(f"# reference: {ref} (statistics cached at {'x'.join(map(str, ckpt['data']['image_size']))}); "
+          f"{args.num} samples a row, sampling seed {args.seed}", flush=True)
     rows = [(sampler, steps) for sampler in args.samplers.split(",") for steps in map(int, args.steps.split(","))]
     if args.rows:  # given rows instead, in the order given (longest first balances --jobs)
         rows = [(row.split(":")[0], int(row.split(":")[1])) for row in args.rows.split(",")]
