@@ -87,12 +87,18 @@ def test_resume_refuses_changes_to_the_computation_and_extends_epochs(tmp_path, 
                     "--epochs", "2")
     assert result.exit_code == 0, result.output
     assert load_checkpoint(run / "ckpt_last.pt")["progress"]["epoch"] == 2
-    # --set (and a profile) count as flags do there: a changed computation is refused, a longer run trains
+    # --set counts as the flags do there: a changed computation is refused, a longer run trains
     iddm_resume = ["dm", "train", "--resume", "--run_name", "df", "--result_path", tmp_path, "--image_size", "8"]
     result = invoke(*iddm_resume, "--set", "optim.lr=0.1")
     assert result.exit_code == 2 and "optim.lr cannot change when resuming" in " ".join(result.output.split())
     assert invoke(*iddm_resume, "--set", "train.epochs=3").exit_code == 0
     assert load_checkpoint(run / "ckpt_last.pt")["progress"]["epoch"] == 3
+    # a profile only says where the run is: its other values (another lr, a length) are the checkpoint's to decide
+    profile = tmp_path / "other.toml"
+    profile.write_text("[optim]\nlr = 0.5\n[train]\nepochs = 1\n")
+    result = invoke(*iddm_resume, "--profile", profile, "--epochs", "4")
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(run / "ckpt_last.pt")["progress"]["epoch"] == 4
     with pytest.raises(ConfigError, match="not a run directory"):
         plan_resume(tmp_path / "d", {})
 
@@ -156,8 +162,8 @@ def test_a_max_time_run_fixes_its_length_once_and_resumes_to_exactly_it(tmp_path
     other = invoke("resume", tmp_path / "timed", "--nproc", "2")  # its steps are steps of a 1-process batch
     assert other.exit_code == 2 and "so it continues on 1 (--devices 1)" in " ".join(other.output.split())
     other = invoke("resume", tmp_path / "timed", "--epochs", "9")  # not a length of this run: refused, not ignored
-    assert other.exit_code == 2 and "a --max-time 12s run, whose length --epochs cannot change" in " ".join(
-        other.output.split())
+    assert other.exit_code == 2 and "train.epochs = 9: " in other.output and "a --max-time 12s run, whose length " \
+        "the epoch count cannot change" in " ".join(other.output.split())
     log = (tmp_path / "timed" / "train.log").read_text()
     assert f"so the run takes {total} steps" in log
 

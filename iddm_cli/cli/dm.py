@@ -80,8 +80,10 @@ def train_command(options: dict[str, Any], schema: Schema = DM) -> None:
         check_runnable(resolved)
         c = resolved.config
         if c.train.resume:  # IDDM's --resume: the run result_path/run_name continues where it stopped
+            # --set counts as the flags do; a profile's values only say where the run is (the checkpoint has the rest)
             given = {name: getattr(getattr(c, spec.section), name) for name, spec in schema.fields.items()
-                     if resolved.sources[name] != "default"}  # a profile's and --set's values as well as the flags
+                     if resolved.sources[name] == "--set"}
+            given.update({name: value for name, value in flags.items() if value is not None})
             _resume(Path(c.train.result_path) / c.train.run_name, given, c.train.start_epoch, control["force"],
                     control["dry_run"])
             return

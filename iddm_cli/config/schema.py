@@ -123,14 +123,14 @@ class DiffusionConfig:
                              ge=0.0, le=1.0)
 
 
-def one_choice(flags: str, on: str, what: str) -> str:
+def one_choice(flags: str, what: str, none: str) -> str:
     """The help sentence of settings that make one choice together (:data:`iddm_cli.config.loader.ONE_CHOICE`)."""
-    return f"Of {flags}, the one given at the highest layer (flag, --set, profile; {on}) sets {what}"
+    return f"Of {flags}, the one given at the highest layer (flag, --set, profile) sets {what} ({none} gives none)"
 
 
-ONE_LENGTH = (one_choice("--epochs, --kimg and --max-time", "a kimg above 0, a max_time not empty", "the length")
+ONE_LENGTH = (one_choice("--epochs, --kimg and --max-time", "the length", "a kimg of 0 or an empty max_time")
               + "; --kimg and --max-time in one layer are refused.")
-ONE_EMA = (one_choice("--ema-decay and --ema-halflife-kimg", "a half-life above 0", "the EMA")
+ONE_EMA = (one_choice("--ema-decay and --ema-halflife-kimg", "the EMA", "a half-life of 0")
            + "; given in one layer, a half-life above 0 wins.")
 
 
@@ -179,7 +179,8 @@ class TrainConfig:
     PANEL: ClassVar[str] = "Training"
 
     seed: int = opt(0, "Random seed.", ge=0, le=2**63 - 1)
-    epochs: int = opt(300, "Epochs to train.", short="-e", ge=1, le=1_000_000, resumable=True)
+    epochs: int = opt(300, "Epochs to train; on resume, a new count sets where a run planned in epochs ends. "
+                      + ONE_LENGTH, short="-e", ge=1, le=1_000_000, resumable=True)
     max_time: str = opt("", "Train for a wall-clock budget instead of --epochs: 90s, 10m, 2h, 1h30m. The first steps "
                         "measure the speed; the step count, and with it the learning-rate schedule, is then fixed "
                         "and stored so that the run, its epoch ends and its final checkpoint (and preview) fit in "
@@ -338,13 +339,14 @@ class AutoencoderOptimConfig(OptimConfig):
     loss: str = opt("mse_kl", "Reconstruction MSE plus kl_weight x KL divergence per element (IDDM's MSEKLLoss).",
                     choices=C.AUTOENCODER_LOSSES)
     kl_weight: float = opt(1e-4, "Weight of the KL term (IDDM's 1e-4).", ge=0.0, le=1.0)
-    ema_decay: float = opt(0.0, "EMA of the weights, which validation and the latent diffusion use (0 = none: the "
-                           "weights themselves, as in IDDM; unless a half-life is set). " + ONE_EMA, ge=0.0, le=1.0)
+    ema_decay: float = opt(0.0, "EMA of the weights, which validation and the latent diffusion use (0 = none, as in "
+                           "IDDM: the weights themselves). " + ONE_EMA, ge=0.0, le=1.0)
 
 
 @dataclass(kw_only=True)
 class AutoencoderTrainConfig(TrainConfig):
-    epochs: int = opt(100, "Epochs to train.", short="-e", ge=1, le=1_000_000, resumable=True)
+    epochs: int = opt(100, "Epochs to train; on resume, a new count sets where a run planned in epochs ends. "
+                      + ONE_LENGTH, short="-e", ge=1, le=1_000_000, resumable=True)
     run_name: str = opt("autoencoder", "Run directory name under result_path: one folder name.", short="-n",
                          metavar="NAME")
 

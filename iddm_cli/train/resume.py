@@ -68,11 +68,6 @@ def plan_resume(run_dir: str | Path, overrides: dict[str, Any], start_epoch: int
     path, state, notes = find_state(run, start_epoch)
     config = config_from_dict(state["config"], f"{path} (the config saved in it)")
     created = _check_record(toml, path, state)
-    if (config.train.kimg or config.train.max_time) and overrides.get("epochs") not in (None, config.train.epochs):
-        length = f"--max-time {config.train.max_time}" if config.train.max_time else f"--kimg {config.train.kimg:g}"
-        raise ConfigError(f"--epochs {overrides['epochs']}: {run} is a {length} run, whose length --epochs cannot "
-                          f"change; to train on after it, start a new run from it: --pretrain --pretrain-path "
-                          f"{run / 'ckpt_last.pt'}")
     changed = _apply_overrides(config, overrides, run)
     newer = _newer_states(run, path, state) if start_epoch >= 0 else []
     if newer and not force:
@@ -172,6 +167,12 @@ def _apply_overrides(config: Config, overrides: dict[str, Any], run: Path) -> li
             continue
         section = getattr(config, spec.section)
         if value == getattr(section, name):
+            continue
+        if name == "epochs" and (config.train.kimg or config.train.max_time):  # a step budget: epochs play no part
+            length = f"--max-time {config.train.max_time}" if config.train.max_time else f"--kimg {config.train.kimg:g}"
+            errors.append(f"{spec.flag}: {spec.dotted} = {value}: {run} is a {length} run, whose length the epoch "
+                          "count cannot change; resume without it, and to train on after its end, start a new run "
+                          f"from it (--pretrain --pretrain-path {run / 'ckpt_last.pt'})")
             continue
         if not spec.resumable:
             errors.append(f"{spec.flag}: {spec.dotted} cannot change when resuming ({getattr(section, name)!r} -> "
