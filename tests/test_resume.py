@@ -93,9 +93,9 @@ def test_resume_refuses_changes_to_the_computation_and_extends_epochs(tmp_path, 
     assert result.exit_code == 2 and "optim.lr cannot change when resuming" in " ".join(result.output.split())
     assert invoke(*iddm_resume, "--set", "train.epochs=3").exit_code == 0
     assert load_checkpoint(run / "ckpt_last.pt")["progress"]["epoch"] == 3
-    # a profile only says where the run is: its other values (another lr, a length) are the checkpoint's to decide
+    # a profile's values only find the run: another lr in it is not a change asked for
     profile = tmp_path / "other.toml"
-    profile.write_text("[optim]\nlr = 0.5\n[train]\nepochs = 1\n")
+    profile.write_text("[optim]\nlr = 0.5\n")
     result = invoke(*iddm_resume, "--profile", profile, "--epochs", "4")
     assert result.exit_code == 0, result.output
     assert load_checkpoint(run / "ckpt_last.pt")["progress"]["epoch"] == 4
@@ -164,6 +164,10 @@ def test_a_max_time_run_fixes_its_length_once_and_resumes_to_exactly_it(tmp_path
     other = invoke("resume", tmp_path / "timed", "--epochs", "9")  # not a length of this run: refused, not ignored
     assert other.exit_code == 2 and "train.epochs = 9: " in other.output and "a --max-time 12s run, whose length " \
         "the epoch count cannot change" in " ".join(other.output.split())
+    (tmp_path / "epochs.toml").write_text("[train]\nepochs = 5\n")  # a profile's epochs only find the run: no error
+    other = invoke("dm", "train", "--resume", "--run_name", "timed", "--result_path", tmp_path, "--profile",
+                   tmp_path / "epochs.toml", "--dry-run")
+    assert other.exit_code == 0, other.output
     log = (tmp_path / "timed" / "train.log").read_text()
     assert f"so the run takes {total} steps" in log
 

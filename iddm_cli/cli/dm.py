@@ -80,7 +80,8 @@ def train_command(options: dict[str, Any], schema: Schema = DM) -> None:
         check_runnable(resolved)
         c = resolved.config
         if c.train.resume:  # IDDM's --resume: the run result_path/run_name continues where it stopped
-            # --set counts as the flags do; a profile's values only say where the run is (the checkpoint has the rest)
+            # --set counts as the flags do; a profile's values only find the run and its state (the checkpoint has the
+            # rest)
             given = {name: getattr(getattr(c, spec.section), name) for name, spec in schema.fields.items()
                      if resolved.sources[name] == "--set"}
             given.update({name: value for name, value in flags.items() if value is not None})

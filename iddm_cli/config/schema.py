@@ -125,7 +125,8 @@ class DiffusionConfig:
 
 def one_choice(flags: str, what: str, none: str) -> str:
     """The help sentence of settings that make one choice together (:data:`iddm_cli.config.loader.ONE_CHOICE`)."""
-    return f"Of {flags}, the one given at the highest layer (flag, --set, profile) sets {what} ({none} gives none)"
+    return (f"Of {flags}, the one given at the highest layer (flag, --set, profile) sets {what} ({none} counts as "
+            "not given)")
 
 
 ONE_LENGTH = (one_choice("--epochs, --kimg and --max-time", "the length", "a kimg of 0 or an empty max_time")
