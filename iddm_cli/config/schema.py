@@ -180,8 +180,8 @@ class TrainConfig:
     PANEL: ClassVar[str] = "Training"
 
     seed: int = opt(0, "Random seed.", ge=0, le=2**63 - 1)
-    epochs: int = opt(300, "Epochs to train; on resume, a new count sets where a run planned in epochs ends. "
-                      + ONE_LENGTH, short="-e", ge=1, le=1_000_000, resumable=True)
+    epochs: int = opt(300, "Epochs to train; on resume, a new count sets where a run planned in epochs ends.",
+                      short="-e", ge=1, le=1_000_000, resumable=True)
     max_time: str = opt("", "Train for a wall-clock budget instead of --epochs: 90s, 10m, 2h, 1h30m. The first steps "
                         "measure the speed; the step count, and with it the learning-rate schedule, is then fixed "
                         "and stored so that the run, its epoch ends and its final checkpoint (and preview) fit in "
@@ -346,8 +346,8 @@ class AutoencoderOptimConfig(OptimConfig):
 
 @dataclass(kw_only=True)
 class AutoencoderTrainConfig(TrainConfig):
-    epochs: int = opt(100, "Epochs to train; on resume, a new count sets where a run planned in epochs ends. "
-                      + ONE_LENGTH, short="-e", ge=1, le=1_000_000, resumable=True)
+    epochs: int = opt(100, "Epochs to train; on resume, a new count sets where a run planned in epochs ends.",
+                      short="-e", ge=1, le=1_000_000, resumable=True)
     run_name: str = opt("autoencoder", "Run directory name under result_path: one folder name.", short="-n",
                          metavar="NAME")
 
