@@ -300,15 +300,14 @@ def plan_training(config: Any, run_dir: Path | None = None, world: World | None 
             if list(codec.record["image_size"]) != [h, w]:
                 trained = "x".join(map(str, codec.record["image_size"]))
                 model_notes.append(f"note: the autoencoder was trained on {trained} images and this run's are {h}x{w}")
-        if (not NETWORKS[config.model.network].uses_base_channels
-                and config.model.base_channels != DM.fields["base_channels"].default):
-            sizes = ", ".join(name for name, entry in NETWORKS.items() if not entry.uses_base_channels)
+        entry = NETWORKS[config.model.network]
+        if not entry.uses_base_channels and config.model.base_channels != DM.fields["base_channels"].default:
+            sizes = ", ".join(name for name, other in NETWORKS.items() if not other.uses_base_channels)
             model_notes.append(f"note: model.base_channels = {config.model.base_channels} plays no part: the "
                                f"{config.model.network} network's size fixes its widths (sizes: {sizes})")
         kwargs = {"in_channels": channels, "out_channels": channels,
-                  **({"base_channels": config.model.base_channels}
-                     if NETWORKS[config.model.network].uses_base_channels
-                     else {"size": NETWORKS[config.model.network].size}),
+                  **({"base_channels": config.model.base_channels} if entry.uses_base_channels
+                     else {"size": entry.size}),
                   "num_classes": len(data.class_names),
                   "act": config.model.act, "time_embedding": "iddm",
                   **({"up_block": "csp"} if config.model.network == "cspdarkunet" else {}),  # stored, as the others

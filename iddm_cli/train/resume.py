@@ -78,9 +78,9 @@ def plan_resume(run_dir: str | Path, overrides: dict[str, Any], start_epoch: int
     total = state["progress"].get("total_steps")
     if config.train.kimg or config.train.max_time:  # a step budget: --epochs plays no part
         if total is not None and state["progress"]["step"] >= total:
-            length = f"--max-time {config.train.max_time}" if config.train.max_time else f"--kimg {config.train.kimg:g}"
-            raise ConfigError(f"{path} is the end of its run ({length}: {total} steps, all done); nothing is left to "
-                              f"train. To train on, start a new run from it: --pretrain --pretrain-path {path}")
+            raise ConfigError(f"{path} is the end of its run ({_step_budget(config)}: {total} steps, all done); "
+                              "nothing is left to train. To train on, start a new run from it: --pretrain "
+                              f"--pretrain-path {path}")
     elif done >= config.train.epochs:
         state_is = f"is the state after {done} epochs" + (f" and {position} batches" if position else "")
         raise ConfigError(f"{path} {state_is}, and the run has train.epochs = {config.train.epochs}: nothing is "
@@ -150,6 +150,11 @@ def _newer_states(run: Path, chosen: Path, state: dict[str, Any]) -> list[Path]:
     return newer
 
 
+def _step_budget(config: Config) -> str:
+    """The flag that set a step-budget run's length, as the user gave it: --max-time 10m or --kimg 26.688."""
+    return f"--max-time {config.train.max_time}" if config.train.max_time else f"--kimg {config.train.kimg:g}"
+
+
 def _apply_overrides(config: Config, overrides: dict[str, Any], run: Path) -> list[str]:
     """Apply the flags given with a resume; returns one line per setting changed (train.log records them)."""
     errors, changed = [], []
@@ -169,10 +174,9 @@ def _apply_overrides(config: Config, overrides: dict[str, Any], run: Path) -> li
         if value == getattr(section, name):
             continue
         if name == "epochs" and (config.train.kimg or config.train.max_time):  # a step budget: epochs play no part
-            length = f"--max-time {config.train.max_time}" if config.train.max_time else f"--kimg {config.train.kimg:g}"
-            errors.append(f"{spec.flag}: {spec.dotted} = {value}: {run} is a {length} run, whose length the epoch "
-                          "count cannot change; resume without it, and to train on after its end, start a new run "
-                          f"from it (--pretrain --pretrain-path {run / 'ckpt_last.pt'})")
+            errors.append(f"{spec.flag}: {spec.dotted} = {value}: {run} is a {_step_budget(config)} run, whose "
+                          "length the epoch count cannot change; resume without it, and to train on after its end, "
+                          f"start a new run from it (--pretrain --pretrain-path {run / 'ckpt_last.pt'})")
             continue
         if not spec.resumable:
             errors.append(f"{spec.flag}: {spec.dotted} cannot change when resuming ({getattr(section, name)!r} -> "
