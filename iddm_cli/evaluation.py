@@ -17,10 +17,10 @@ from typing import Any
 import torch
 import torchvision.transforms.functional as TF
 
-from iddm_cli.config.commands import FidConfig, ReconstructionEvalConfig
+from iddm_cli.config.commands import COMMANDS, FidConfig, ReconstructionEvalConfig
 from iddm_cli.core.devices import use_device
 from iddm_cli.core.latent import load_autoencoder
-from iddm_cli.data.folder import DatasetInfo, ImageFolderDataset, collate, load_image, scan_dataset
+from iddm_cli.data.folder import IMAGE_EXTENSIONS, DatasetInfo, ImageFolderDataset, collate, load_image, scan_dataset
 from iddm_cli.errors import ConfigError, DataError, StorageError, first_line
 from iddm_cli.metrics.fid import (
     InceptionFeatures,
@@ -43,6 +43,9 @@ from iddm_cli.sampling import (
 )
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
+# the options of eval fid that shape samples drawn from --ckpt, and so mean nothing for --images
+SAMPLING_OPTIONS = ("num", "sampler", "steps", "eta", "cfg_scale", "seed", "batch_size", "ema", "autoencoder_ckpt",
+                    "verify")
 PREPROCESSING = "files decoded as L or RGB at their own size; [0, 1]"  # part of every reference cache key
 DRAW_CHUNK = 256  # samples drawn (and scored) at a time, so that 50k samples never sit in memory
 
@@ -102,6 +105,9 @@ def file_features(paths: Sequence[Path], net: InceptionFeatures, progress: Progr
 def reference_files(ref: str, key: str = "--ref") -> DatasetInfo | None:
     """The images of a reference folder (checked: at least 2), or None for a statistics file. Cheap: headers only."""
     if Path(ref).expanduser().is_file():
+        if Path(ref).suffix.lower() in IMAGE_EXTENSIONS:
+            raise DataError(f"{key} {ref}: is one image; give the folder of reference images, or a statistics "
+                            "file (.pt) that an earlier evaluation cached")
         return None
     info = scan_dataset(ref, "auto", key=key)
     if len(info.samples) < 2:
@@ -179,6 +185,9 @@ def scores(features: torch.Tensor, ref: Reference, labels: list[int] | None, cla
             if mine.shape[0] >= 2 and theirs.shape[0] >= 2:  # named with the class's own sample count
                 mu, sigma = feature_stats(theirs)
                 result.per_class[f"{metric_name('fid', mine.shape[0])}/{name}"] = fid_from_features(mine, mu, sigma)
+            else:
+                result.notes.append(f"note: no FID for class {name}: it needs 2 or more samples and reference images "
+                                    f"of it ({mine.shape[0]} and {theirs.shape[0]} here)")
     return result
 
 
@@ -215,12 +224,20 @@ def evaluate_fid(req: FidConfig, progress: Progress | None = None) -> Scores:
         ids = selected_classes(req, ckpt["data"])
         if ids is not None:  # the same number of every selected class, in a fixed interleaved order
             labels = [ids[k % len(ids)] for k in range(req.num)]
+        if req.per_class and ids is not None and req.num < 2 * len(ids):
+            raise ConfigError(f"--per-class: --num {req.num} draws fewer than 2 samples of some of the {len(ids)} "
+                              f"classes; give --num {2 * len(ids)} or more")
         loaded = load_for_sampling(ckpt, req, device)
         notes += loaded.notes
     else:
         if req.per_class:
             raise ConfigError("--per-class: scores per class need a conditional --ckpt (a folder of images has no "
                               "classes to draw)")
+        given = [COMMANDS["eval fid"][name].flag for name in SAMPLING_OPTIONS
+                 if getattr(req, name) != COMMANDS["eval fid"][name].default]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: {'these apply' if len(given) > 1 else 'it applies'} to samples "
+                              "drawn from --ckpt; --images are scored as they are")
         info = scan_dataset(req.images, False, key="--images")
         grid = sample_grid(info.root)
         images = [p for p, _ in info.samples if p != grid]
@@ -254,7 +271,7 @@ def evaluate_fid(req: FidConfig, progress: Progress | None = None) -> Scores:
         features = torch.cat(parts)
     result = scores(features, ref, labels if req.per_class else None, class_names, req.kid_subsets,
                     req.kid_subset_size)
-    result.notes = notes
+    result.notes = notes + result.notes
     return result
 
 

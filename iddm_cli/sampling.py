@@ -105,6 +105,9 @@ def check_request(req: SampleRequest, ckpt: dict[str, Any]) -> tuple[str, int, f
     steps = req.steps if req.steps is not None else min(SAMPLERS[sampler].default_steps, T)
     if not 1 <= steps <= T:
         raise ConfigError(f"--steps {steps}: expected 1..{T} (the model was trained with T={T})")
+    if req.eta is not None and sampler != "ddim":  # the other samplers have no such knob: it would change nothing
+        raise ConfigError(f"--eta: only the ddim sampler has it (this call samples with {sampler}); drop --eta or "
+                          "add --sampler ddim")
     if req.cfg_scale is not None and not ckpt["data"]["conditional"]:
         raise ConfigError("--cfg-scale: this checkpoint is unconditional, so there is nothing to guide")
     cfg = req.cfg_scale if req.cfg_scale is not None else float(ckpt["config"]["diffusion"]["cfg_scale"])
@@ -155,6 +158,9 @@ def load_for_sampling(ckpt: dict[str, Any], req: SampleRequest, device: torch.de
     use_device(device)
     codec, codec_note = _codec(req, ckpt, device)
     weights = "ema" if req.ema and ckpt.get("ema") else "model"
+    notes = [codec_note] if codec_note else []
+    if req.ema and weights == "model":
+        notes.append("note: the checkpoint holds no EMA weights, so its raw weights sample")
     model = build_stored(ckpt["network"])
     model.load_state_dict(strip_prefix(ckpt[weights]))
     # channels_last on a CPU: 12% faster convolutions for the unet at 32 px (batch 512, 1 and 2 threads)
@@ -164,7 +170,7 @@ def load_for_sampling(ckpt: dict[str, Any], req: SampleRequest, device: torch.de
         raise CheckpointError(f"the checkpoint's network predicts {prediction!r}, which this iddm cannot sample "
                               f"from (it knows {', '.join(PREDICTIONS)}); upgrade iddm")
     diffusion = Diffusion(ckpt["diffusion"]["name"], ckpt["diffusion"]["noise_steps"], prediction)
-    return Loaded(ckpt, model, diffusion, codec, weights, [codec_note] if codec_note else [])
+    return Loaded(ckpt, model, diffusion, codec, weights, notes)
 
 
 def draw(loaded: Loaded, labels: list[int] | None, n: int, *, sampler: str, steps: int, cfg_scale: float,
@@ -204,12 +210,18 @@ def generate(req: SampleRequest, progress: Callable[[int, int], None] | None = N
     out_dir = output_dir(req, path, sampler, steps)  # checked before any sampling
 
     per_class = 1 if "-1" in req.class_name else req.num  # IDDM's -1: one image of every class
+    default_num = SampleConfig.__dataclass_fields__["num"].default
+    if "-1" in req.class_name and ids is not None and req.num != default_num:
+        result_notes = [f"note: --class-name -1 draws one image of every class (IDDM's meaning), so --num {req.num} "
+                        "does not apply; without -1, every class gets --num images"]
+    else:
+        result_notes = []
     labels = [i for i in ids for _ in range(per_class)] if ids is not None else None
     n = len(labels) if labels is not None else req.num
     images = draw(loaded, labels, n, sampler=sampler, steps=steps, cfg_scale=cfg_scale, eta=req.eta, seed=req.seed,
                   batch_size=req.batch_size, device=device, progress=progress)
     result = _write(req, ckpt, path, out_dir, images, labels, sampler, steps, cfg_scale, loaded.weights)
-    result.notes += [n for n in (converted, device_note, *loaded.notes) if n]
+    result.notes += [n for n in (converted, device_note, *loaded.notes, *result_notes) if n]
     return result
 
 
@@ -218,8 +230,8 @@ def load_diffusion_checkpoint(path: Path, req: SampleRequest) -> tuple[dict[str,
     --autoencoder-ckpt for a pixel-space model, is refused."""
     ckpt, converted = load_any(path)
     if ckpt.get("kind", "dm") != "dm":
-        raise ConfigError(f"{path} is an autoencoder checkpoint: iddm sample draws from diffusion-model checkpoints "
-                          "(its reconstructions are in the run's vis/ folder)")
+        raise ConfigError(f"{path} is an autoencoder checkpoint: this command draws from diffusion-model checkpoints "
+                          "(an autoencoder's reconstructions are in its run's vis/ folder; iddm eval vae scores them)")
     if "latent" not in ckpt and (req.autoencoder_ckpt is not None or not req.verify):
         flag = "--autoencoder-ckpt" if req.autoencoder_ckpt is not None else "--no-verify"
         raise ConfigError(f"{flag}: this checkpoint is a pixel-space model; it has no autoencoder")
@@ -280,8 +292,10 @@ def output_dir(req: SampleRequest, ckpt_path: Path, sampler: str, steps: int) ->
     else:
         out, _ = plan_run_dir(str(ckpt_path.parent / "samples"), f"{sampler}-{steps}steps-seed{req.seed}")
     problem = check_writable(out)
-    if problem:
+    if problem and req.out:
         raise ConfigError(f"--out: cannot create {out}: {problem}")
+    if problem:  # the default beside the checkpoint
+        raise ConfigError(f"cannot write the samples beside the checkpoint ({out}): {problem}; give --out DIR")
     return out
 
 

@@ -63,6 +63,7 @@ def test_a_folder_against_itself_and_against_another(invoke, tmp_path, cache, mo
     assert "statistics not cached" in " ".join(again.output.split())
     not_stats = invoke("eval", "fid", "--ref", tmp_path / "a" / "0.png", "--images", b)
     assert not_stats.exit_code == 3 and "delete it" not in not_stats.output
+    assert "is one image; give the folder of reference images" in " ".join(not_stats.output.split())
     # a folder written by `iddm sample`: its grid (named in manifest.json) is not a sample
     Image.new("RGB", (48, 16)).save(a / "grid.png")
     (a / "manifest.json").write_text(json.dumps({"grid": "grid.png"}))
@@ -81,6 +82,8 @@ def test_samples_of_a_checkpoint_per_class(invoke, tmp_path):
     assert result.exit_code == 0, result.output
     scores = json.loads(result.stdout)
     assert scores["fid6"] > 0 and set(scores["per_class"]) == {"fid3/cat", "fid3/dog"}
+    too_few = invoke("eval", "fid", "--ref", data, "--ckpt", tmp_path / "run", "--num", "3", "--per-class")
+    assert too_few.exit_code == 2 and "give --num 4 or more" in " ".join(too_few.output.split())
     assert not (tmp_path / "run" / "samples").exists()  # nothing written beside the run
 
 
@@ -125,12 +128,22 @@ def test_one_image_is_a_data_error_before_any_scoring(invoke, tmp_path):
     ([], "give what to score"),
     (["--images", "X", "--ckpt", "Y"], "not both"),
     (["--images", "X", "--per-class"], "--per-class: scores per class need a conditional --ckpt"),
+    (["--images", "X", "--num", "5", "--sampler", "ddim"], "--num, --sampler: these apply to samples drawn from"),
+    (["--images", "X", "--no-ema"], "--ema: it applies to samples drawn from --ckpt"),
 ])
 def test_usage_errors(invoke, tmp_path, args, message):
     data = make_dataset(tmp_path / "d", None, per_class=2)
     args = [str(data) if a in ("X", "Y") else a for a in args]
     result = invoke("eval", "fid", "--ref", data, *args)
     assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+
+
+def test_what_to_score_against_is_required(invoke, tmp_path):
+    data = make_dataset(tmp_path / "d", None, per_class=2)
+    result = invoke("eval", "fid", "--images", data)
+    assert result.exit_code == 2 and result.output.strip() == "error: --ref is not set: give --ref DIR|FILE"
+    result = invoke("eval", "vae", tmp_path)
+    assert result.exit_code == 2 and result.output.strip() == "error: --images is not set: give --images DIR"
 
 
 @needs_weights

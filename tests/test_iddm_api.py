@@ -116,6 +116,10 @@ def test_an_iddm_generate_command_line_works(cond_run, tmp_path, monkeypatch):
     # IDDM's --class_name -1: one image of every class; --generate_name prefixes every file
     assert names == ["df_cat_0000.png", "df_dog_0000.png", "df_fox_0000.png", "df_grid.png", "manifest.json"]
     assert "no GPU is visible, so sampling runs on the CPU" in result.output
+    assert "does not apply" not in result.output  # 8 is --num's default: nothing was given to ignore
+    other = sample(cond_run, "--class_name", "-1", "--num", "5", "--steps", "2", "--out", tmp_path / "five")
+    assert other.exit_code == 0 and "so --num 5 does not apply" in " ".join(other.output.split())
+    assert len(list((tmp_path / "five").glob("*_0000.png"))) == 3
 
 
 @pytest.mark.parametrize("args,message", [
