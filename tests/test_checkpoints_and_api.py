@@ -14,7 +14,7 @@ from iddm_cli.core.checkpoint import load_checkpoint, load_pretrained, save_chec
 from iddm_cli.core.reporting import SilentReporter
 from iddm_cli.errors import CheckpointError, ConfigError
 from iddm_cli.nets import build_network
-from tests.conftest import make_dataset
+from tests.conftest import STRUCTURE, make_dataset
 
 TINY = {"image_size": 8, "base_channels": 4, "noise_steps": 20, "epochs": 1, "batch_size": 4,
         "augment": "resize", "log_every": 1}
@@ -54,7 +54,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
 
 def test_truncated_foreign_and_missing_files(tmp_path):
     good = tmp_path / "good.pt"
-    save_checkpoint(good, {"format": "iddm", "format_version": 1, "w": torch.ones(1000)})
+    save_checkpoint(good, {"format": "iddm", "format_version": 1, "w": torch.ones(1000), **STRUCTURE})
     assert load_checkpoint(good)["w"].sum() == 1000
     cut = tmp_path / "cut.pt"
     cut.write_bytes(good.read_bytes()[:300])
@@ -84,7 +84,7 @@ def test_pretrain_through_the_cli(invoke, cond_data, tmp_path):
     source = tiny_trainer(make_dataset(tmp_path / "d2", ["x", "y"]), tmp_path / "a").train().checkpoint
     args = ["dm", "train", "--dataset-path", cond_data, "--result-path", tmp_path / "b", "--image-size", "8",
             "--base-channels", "4", "--noise-steps", "20", "--epochs", "1", "--batch-size", "4"]
-    result = invoke(*args, "--pretrain", "--pretrain-path", source)
+    result = invoke(*args, "--pretrain", "--pretrain-path", source.parent)  # a run directory: its ckpt_last.pt
     assert result.exit_code == 0, result.output
     assert "2 classes and this dataset 3: the class embedding starts fresh" in " ".join(result.output.split())
     result = invoke(*args, "--base-channels", "8", "--pretrain", "--pretrain-path", source)

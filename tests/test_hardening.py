@@ -145,6 +145,7 @@ TRAIN_CASES = [  # (id, extra args or a function making files and returning args
     ("pretrain-without-path", ["--pretrain"], 2, "needs --pretrain-path"),
     ("result-path-is-a-file", _result_is_file, 2, "is not a folder"),
     ("force-without-resume", ["--force"], 2, "--force only applies together with --resume"),
+    ("num-vis-zero", ["--num-vis", "0"], 2, "vis.num_vis: 0: expected -1 (8 images) or 1 or more"),
 ]
 
 
@@ -199,6 +200,10 @@ def _resume_case(name: str):
             for p in run.glob("ckpt_*.pt"):
                 p.write_bytes(b"garbage")
             return ["--epochs", "3"], 2, "holds no readable training state"
+        if name == "no-checkpoint":  # a run that stopped before its first epoch ended
+            for p in run.glob("ckpt_*.pt"):
+                p.unlink()
+            return [], 2, "holds no checkpoint (ckpt_last.pt): the run stopped before its first epoch ended"
         if name == "start-epoch-newer-states":
             return ["--start-epoch", "1", "--epochs", "3"], 2, "newer states exist (ckpt_002.pt, ckpt_last.pt)"
         raise AssertionError(name)
@@ -206,7 +211,7 @@ def _resume_case(name: str):
 
 
 RESUME_CASES = ["truncated-config", "edited-network", "edited-epochs", "config-not-utf8", "not-a-run", "changed-lr",
-                "nothing-left", "start-epoch-missing", "no-readable-state", "start-epoch-newer-states"]
+                "nothing-left", "start-epoch-missing", "no-readable-state", "no-checkpoint", "start-epoch-newer-states"]
 
 
 @pytest.mark.parametrize("name", RESUME_CASES)
@@ -240,7 +245,23 @@ SAMPLE_CASES = [
     ("eta-nan", lambda t: ["--eta", "nan"], 2, "expected a finite number"),
     ("sampler-unknown", lambda t: ["--sampler", "euler"], 2, "Invalid value for '--sampler'"),
     ("batch-huge", lambda t: ["--batch-size", "10000000"], 2, "expected a value <= 65536"),
+    ("eta-without-ddim", lambda t: ["--sampler", "ddpm", "--eta", "0.5"], 2, "--eta: only the ddim sampler has it"),
 ]
+
+
+@pytest.mark.parametrize("edit,fragment", [
+    (lambda c: c["network"].update(name="bogus"), "network 'bogus' is not one this iddm knows"),
+    (lambda c: c.pop("model"), "is damaged: its 'model' entry is missing"),
+    (lambda c: c["network"].pop("kwargs"), "is damaged: its 'network.kwargs' entry is missing"),
+], ids=["unknown-network", "no-model", "no-kwargs"])
+def test_an_edited_checkpoint_is_refused_in_one_line(invoke, tmp_path, trained, edit, fragment):
+    data = ckpt.load_checkpoint(trained / "ckpt_last.pt")
+    edit(data)
+    torch.save(data, tmp_path / "edited.pt")
+    result = invoke("sample", tmp_path / "edited.pt", "--steps", "2", "--no-ema", "--out", tmp_path / "s")
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and fragment in lines[0], result.output
+    assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.parametrize("case", SAMPLE_CASES, ids=[c[0] for c in SAMPLE_CASES])

@@ -15,7 +15,7 @@ from iddm_cli.core.checkpoint import load_checkpoint, save_checkpoint
 from iddm_cli.errors import StorageError
 from iddm_cli.train import objectives
 from iddm_cli.train.engine import open_session, plan_training
-from tests.conftest import TINY
+from tests.conftest import STRUCTURE, TINY
 
 
 def test_keep_last_rotates_interval_checkpoints(invoke, cond_data, tmp_path):
@@ -147,7 +147,7 @@ def _flat(obj) -> list:
 
 def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "ckpt_last.pt"
-    save_checkpoint(path, {"format": "iddm", "format_version": 1, "w": torch.ones(3)})
+    save_checkpoint(path, {"format": "iddm", "format_version": 1, "w": torch.ones(3), **STRUCTURE})
     before = path.read_bytes()
 
     def dying_save(obj, fh):
@@ -156,7 +156,7 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatc
 
     monkeypatch.setattr(ckpt_module.torch, "save", dying_save)
     with pytest.raises(StorageError, match="disk full"):
-        save_checkpoint(path, {"format": "iddm", "format_version": 1, "w": torch.zeros(3)})
+        save_checkpoint(path, {"format": "iddm", "format_version": 1, "w": torch.zeros(3), **STRUCTURE})
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert load_checkpoint(path)["w"].sum() == 3

@@ -206,6 +206,12 @@ def check_format(data: Any, path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not an iddm checkpoint (no 'format': 'iddm' entry)")
     if data.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{path} was written by a newer iddm (format {data['format_version']}); upgrade iddm")
+    lacking = [key for key in ("network", "model") if not isinstance(data.get(key), dict)]
+    if not lacking and not isinstance(data["network"].get("kwargs"), dict):
+        lacking = ["network.kwargs"]
+    if lacking:  # every iddm checkpoint has them: the file was edited or damaged after it was written
+        raise CheckpointError(f"{path} is damaged: its {' and '.join(repr(k) for k in lacking)} entry is missing or "
+                              "not a table; use another checkpoint of the run (ckpt_last.pt, ckpt_NNN.pt)")
     return data
 
 

@@ -11,6 +11,8 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from iddm_cli.errors import CheckpointError
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -85,6 +87,9 @@ def flavor_of(network: dict[str, Any], name: str) -> dict[str, Any]:
 
 def build_stored(network: dict[str, Any]) -> nn.Module:
     """The network a checkpoint's ``{"name", "kwargs"}`` describes."""
+    if network.get("name") not in NETWORKS and network.get("name") not in AUTOENCODER_NETWORKS:
+        raise CheckpointError(f"the checkpoint's network {network.get('name')!r} is not one this iddm knows "
+                              f"({', '.join([*NETWORKS, *AUTOENCODER_NETWORKS])}); was it written by a newer iddm?")
     if network["name"] in AUTOENCODER_NETWORKS:  # stored complete since the first release that had them
         return build_network(network["name"], **network["kwargs"])
     return build_network(network["name"], **stored_kwargs(network["kwargs"]))
