@@ -89,6 +89,14 @@ def test_iddm_underscore_spellings(invoke, flag):
     assert "batch_size = 5" in result.output
 
 
+def test_print_config_prints_only_settings_that_run(invoke):
+    refused = invoke("dm", "train", "--image-size", "7", "--print-config")
+    assert refused.exit_code == 2 and "7x7 is not divisible by 8" in refused.output and "[data]" not in refused.output
+    # a profile to be completed on the command line: the autoencoder's dataset paths may still be missing
+    vae = invoke("vae", "train", "--print-config")
+    assert vae.exit_code == 0 and 'kind = "vae"' in vae.output
+
+
 def test_iddm_command_line_parses(invoke, cond_data, tmp_path):
     """IDDM's documented command line, with `python train.py` replaced by `iddm dm train`."""
     result = invoke("dm", "train", "--sample", "ddpm", "--conditional", "--run_name", "df", "--epochs", "300",

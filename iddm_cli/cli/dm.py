@@ -74,10 +74,10 @@ def train_command(options: dict[str, Any], schema: Schema = DM) -> None:
         resolved = resolve(profile, control["sets"] or [], flags, schema)
         if control["explain"]:
             err_console.print(explain_table(resolved))
+        check_runnable(resolved, data=not control["print_config"])  # --print-config prints a profile that runs
         if control["print_config"]:
             sys.stdout.write(to_toml(resolved.config, f" from profile {profile}" if profile else ""))
             return
-        check_runnable(resolved)
         c = resolved.config
         if c.train.resume:  # IDDM's --resume: the run result_path/run_name continues where it stopped
             # --set counts as the flags do; a profile's values only find the run and its state (the checkpoint has the

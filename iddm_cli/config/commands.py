@@ -149,7 +149,8 @@ class ConvertConfig:
                           required=True, metavar="IDDM_CKPT")
     out: str = opt(None, "The iddm checkpoint to write (a new file).", kind="str", argument=True, required=True,
                    metavar="OUT")
-    noise_schedule: str = opt("linear", "The beta schedule the IDDM model was trained with.",
+    noise_schedule: str = opt("linear", "The beta schedule the IDDM model was trained with (IDDM's sqrt is not "
+                              "iddm's and is refused).",
                               choices=C.NOISE_SCHEDULES)
     noise_steps: int = opt(1000, "The diffusion steps T the IDDM model was trained with.", ge=2, le=100_000)
 
@@ -203,8 +204,11 @@ COMMANDS: dict[str, dict[str, FieldSpec]] = {
                   **{name: spec for name, spec in AUTOENCODER_FIELDS.items() if spec.compat}},
     "resume": {**pick(RUN, "run_dir", "dry_run", "debug"), "start_epoch": replace(FIELDS["start_epoch"], panel="Run"),
                "force": RUN["force"],
-               **{name: spec for name, spec in FIELDS.items() if spec.resumable and not spec.compat},
-               **{name: spec for name, spec in FIELDS.items() if spec.resumable and spec.compat},
+               # a setting left out keeps the run's value, whatever the schema's default
+               **{name: replace(spec, shown="the run's") for name, spec in FIELDS.items()
+                  if spec.resumable and not spec.compat},
+               **{name: replace(spec, shown="the run's") for name, spec in FIELDS.items()
+                  if spec.resumable and spec.compat},
                # the rest are accepted but not shown, so that a changed value gets the reason it cannot change
                **{name: replace(spec, hidden=True) for name, spec in FIELDS.items()
                   if not spec.resumable and name != "start_epoch"}},

@@ -387,6 +387,8 @@ def settings_from(cls: type, specs: dict[str, FieldSpec], flags: dict[str, Any])
         if expected is not None:
             errors.append(f"{spec.flag} {raw!r}: expected {expected}")
         values[name] = value
+    errors += [f"{spec.flag} is not set: give {spec.flag} {spec.metavar}" for name, spec in specs.items()
+               if spec.required and not spec.argument and name not in values]  # Typer checks the arguments
     if errors:
         raise ConfigError(*errors)
     return cls(**values)
@@ -427,8 +429,9 @@ def source_of(resolved: Resolved, name: str) -> str:
     return src.removeprefix("profile:")
 
 
-def check_runnable(resolved: Resolved) -> None:
-    """Cross-field rules that no single value shows. All problems at once."""
+def check_runnable(resolved: Resolved, data: bool = True) -> None:
+    """Cross-field rules that no single value shows. All problems at once. ``data=False``: a config without its
+    dataset paths passes (--print-config writes profiles that the command line completes)."""
     c, errors = resolved.config, []
     schema = schema_of(c)
 
@@ -462,7 +465,7 @@ def check_runnable(resolved: Resolved) -> None:
     h, w = image_hw(c)
     if schema is VAE:
         for name in ("train_dataset_path", "val_dataset_path"):
-            if not getattr(c.data, name):
+            if data and not getattr(c.data, name):
                 bad(name, f"is not set: give --{name.replace('_', '-')} DIR")
         f = c.model.downsample
         if f not in (4, 8):
@@ -477,6 +480,8 @@ def check_runnable(resolved: Resolved) -> None:
 
 
 def _check_diffusion(c: Config, h: int, w: int, bad: Any) -> None:
+    if c.vis.num_vis == 0:  # the autoencoder's num_vis starts at 1; here -1 is the "8" that IDDM users pass
+        bad("num_vis", "0: expected -1 (8 images) or 1 or more; --no-vis turns the previews off")
     if c.model.latent and not c.model.autoencoder_ckpt:
         bad("latent", "needs --autoencoder-ckpt FILE: an autoencoder checkpoint from `iddm vae train`")
     for name in ("autoencoder_ckpt", "cache_latents"):

@@ -102,12 +102,14 @@ def scan_dataset(dataset_path: str, conditional: bool | str = "auto", num_classe
     try:
         return _scan(dataset_path, conditional, num_classes, strict, classes, key)
     except DataError as err:
-        hint = f"; `iddm dataset check {dataset_path}` lists every problem"
+        hint = f"; `iddm dataset check {shlex.quote(dataset_path)}` lists every problem"
         raise DataError(*[p + hint for p in err.problems]) from None
 
 
 def _scan(dataset_path: str, conditional: bool | str, num_classes: int, strict: bool,
           known: list[str] | None, key: str) -> DatasetInfo:
+    if not dataset_path and key.startswith("--"):  # a command's own flag (iddm eval), not a training setting
+        raise ConfigError(f"{key} is not set: give {key} DIR")
     if not dataset_path:
         flag = "--" + key.rpartition(".")[2].replace("_", "-")
         raise ConfigError(f"{key} is not set: pass {flag} DIR or use a profile (--profile demo trains on the "
