@@ -137,3 +137,5 @@ def test_training_survives_a_file_that_fails_to_decode(invoke, tmp_path):
     assert "cut.jpg" in log
     result = invoke("dm", "train", "--dataset-path", data, "--result-path", tmp_path / "r", "--strict-data", *TINY)
     assert result.exit_code == 3 and "cut.jpg" in result.output
+    stopped = [line for line in (tmp_path / "r" / "df-2" / "train.log").read_text().splitlines() if "stopped:" in line]
+    assert len(stopped) == 1 and "cut.jpg" in stopped[0] and "--strict-data" in stopped[0]  # the log says why

@@ -209,6 +209,21 @@ def test_dry_run_counts_the_networks_flops_on_a_meta_copy(cond_data, tmp_path):
     assert "plays no part" in notes["adm-xs"] and "plays no part" not in notes["unet"]
 
 
+def test_the_plan_names_settings_that_play_no_part(tmp_path):
+    flat = make_dataset(tmp_path / "flat", None)
+    flags = {"dataset_path": str(flat), "result_path": str(tmp_path), "image_size": 8, "base_channels": 4,
+             "num_classes": 3, "cfg_scale": 2.0, "keep_last": 2, "warmup_epochs": 2.0}
+    notes = plan_training(resolve(flags=flags).config).notes
+    assert [n for n in notes if "plays no part" in n] == [
+        "note: data.num_classes = 3 plays no part: the model is unconditional",
+        "note: diffusion.cfg_scale = 2.0 plays no part: the model is unconditional",
+        "note: optim.warmup_epochs = 2.0 plays no part: optim.lr_func = 'linear' has no warm-up (warmup_cosine has)",
+        "note: save.keep_last = 2 plays no part: save.save_model_interval is off, so no ckpt_NNN.pt are kept"]
+    used = {**flags, "dataset_path": str(make_dataset(tmp_path / "cond", ["a", "b", "c"])),
+            "lr_func": "warmup_cosine", "save_model_interval": True}
+    assert not [n for n in plan_training(resolve(flags=used).config).notes if "plays no part" in n]
+
+
 def test_kimg_counts_whole_images_in_global_batches(cond_data, tmp_path):
     flags = {"dataset_path": str(cond_data), "result_path": str(tmp_path), "image_size": 8, "base_channels": 4}
     for kimg, batch, steps in [(128.448, 64, 2007), (0.001, 4, 1), (0.0041, 4, 1), (0.005, 4, 2), (1, 3, 334)]:

@@ -243,9 +243,16 @@ def test_an_interrupted_latent_run_resumes_bit_exactly(tmp_path, autoencoder, ca
 def test_an_autoencoder_fine_tunes_from_another(invoke, tmp_path, autoencoder):
     train_dir, val_dir = vae_folders(tmp_path / "data")
     result = invoke("vae", "train", "--train-dataset-path", train_dir, "--val-dataset-path", val_dir, *TINY_VAE,
-                    "--pretrain", "--pretrain-path", autoencoder / "ckpt_best.pt", "--result-path", tmp_path,
+                    "--pretrain", "--pretrain-path", autoencoder, "--result-path", tmp_path,  # the run: ckpt_best.pt
                     "--run-name", "tuned", "--dry-run")
     assert result.exit_code == 0 and "pretrained weights" in result.output, result.output
+    assert f"{autoencoder / 'ckpt_best.pt'} (EMA weights)" in " ".join(result.output.split())
+    assert "validation images are training images too" not in result.output
+    # the parent folder as training set pulls val/ into training: validation would measure learnt images
+    result = invoke("vae", "train", "--train-dataset-path", train_dir.parent, "--val-dataset-path", val_dir,
+                    *TINY_VAE, "--dry-run")
+    assert result.exit_code == 0 and "4 of the 4 validation images are training images too" in " ".join(
+        result.output.split())
     result = invoke("vae", "train", "--train-dataset-path", train_dir, "--val-dataset-path", val_dir, *TINY_VAE,
                     "--latent-channels", "3", "--pretrain", "--pretrain-path", autoencoder / "ckpt_best.pt",
                     "--result-path", tmp_path / "no", "--dry-run")

@@ -32,7 +32,7 @@ app.command("convert", cls=IddmCommand, short_help="Turn an IDDM 1.x checkpoint 
                  "same outputs. iddm sample and --pretrain-path also read IDDM checkpoints directly; converting "
                  "once records the noise schedule and T, which IDDM does not store.",
             )(settings_command(ConvertConfig, COMMANDS["convert"], convert_command))
-app.add_typer(dataset.app, name="dataset", short_help="Dataset tools: check.")
+app.add_typer(dataset.app, name="dataset", short_help="Dataset tools: check, get.")
 app.add_typer(eval.app, name="eval", short_help="Sample quality: FID and KID.")
 
 

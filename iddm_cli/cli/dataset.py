@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 
 import typer
@@ -75,8 +76,8 @@ def get_command(settings: DatasetGetConfig) -> None:
     per_class = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
     err_console.print(f"wrote {got.images} images to {got.root}: {len(got.classes)} classes, {per_class} each"
                       f"{' (md5 verified)' if got.verified else ''}", markup=False, highlight=False, soft_wrap=True)
-    err_console.print(f"train on it: iddm dm train --dataset-path {got.root}", markup=False, highlight=False,
-                      soft_wrap=True)
+    err_console.print(f"train on it: iddm dm train --dataset-path {shlex.quote(str(got.root))}", markup=False,
+                      highlight=False, soft_wrap=True)
 
 
 app.command("get", cls=IddmCommand, short_help="Write a standard dataset (CIFAR, MNIST) as class folders.",

@@ -258,6 +258,10 @@ def load_any(path: Path | str, noise_schedule: str = "linear", noise_steps: int 
 
 def write_converted(path: Path, out: Path, noise_schedule: str = "linear", noise_steps: int = 1000) -> Conversion:
     """``iddm convert``: read an IDDM checkpoint, write the iddm one atomically to ``out`` (a new file)."""
+    if noise_schedule == "sqrt":
+        raise ConfigError("--noise-schedule sqrt: IDDM's sqrt schedule (betas linspace(1e-4, 0.02) ** 0.5) is not "
+                          "iddm's (Diffusion-LM's), so a model trained with it cannot be converted faithfully; "
+                          "linear, cosine and sqrt_linear can")
     path, out = path.expanduser(), out.expanduser()
     data = ckpt.read_checkpoint_file(path)
     if not is_iddm_checkpoint(data):

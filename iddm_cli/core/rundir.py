@@ -59,7 +59,7 @@ def check_free_space(path: Path, needed: int) -> None:
         folder = folder.parent
     free = shutil.disk_usage(folder).free
     if free < needed:
-        raise StorageError(f"{folder}: {free / 2**20:.0f} MiB free, but the run needs {needed / 2**20:.0f} MiB for "
+        raise StorageError(f"{folder}: {free / 2**20:.1f} MiB free, but the run needs {needed / 2**20:.1f} MiB for "
                            "its checkpoints (each new one is written beside the last); free some space or choose "
                            "another --result-path")
 

@@ -38,7 +38,7 @@ from iddm_cli.core.devices import SINGLE, World, use_device
 from iddm_cli.core.reporting import Reporter, SilentReporter
 from iddm_cli.core.rundir import NullLogger, RunLock, RunLogger, supersede, write_run_files
 from iddm_cli.data.folder import EpochSampler, collate
-from iddm_cli.errors import Interrupted, TrainingError
+from iddm_cli.errors import IddmError, Interrupted, TrainingError
 from iddm_cli.train import distributed as dist
 from iddm_cli.train.ema import make_ema
 from iddm_cli.train.objectives import LR_FUNCS, make_optimizer
@@ -590,7 +590,12 @@ def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, An
     except OSError as err:  # the log, a preview grid, a rotation: the disk failed outside a checkpoint write
         if err.errno not in ckpt.STORAGE_ERRNOS:
             raise
-        raise ckpt.storage_error(err, Path(err.filename) if err.filename else plan.run_dir) from None
+        failure = ckpt.storage_error(err, Path(err.filename) if err.filename else plan.run_dir)
+        _log_failure(logger, failure)
+        raise failure from None
+    except IddmError as err:  # a file under --strict-data, a checkpoint that could not be written, a NaN loss
+        _log_failure(logger, err)
+        raise
     finally:
         restore_signals()
         with suppress(OSError):  # a full disk must not hide the error that stopped the run
@@ -600,6 +605,13 @@ def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, An
             lock.release()
         if session is not None:
             session.close()
+
+
+def _log_failure(logger: RunLogger | NullLogger, err: IddmError) -> None:
+    """train.log says why the run stopped, as the console did (unless the disk that holds it is what failed)."""
+    with suppress(OSError):
+        for line in err.problems:
+            logger.log(f"stopped: {line}")
 
 
 def _weights(session: Session) -> dict[str, Any]:

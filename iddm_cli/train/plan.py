@@ -23,7 +23,7 @@ from iddm_cli.config.schema import DM, VAE, schema_of
 from iddm_cli.core.checkpoint import load_pretrained
 from iddm_cli.core.devices import Layout, World, loader_workers, plan_layout
 from iddm_cli.core.iddm_import import load_any
-from iddm_cli.core.latent import LatentCodec, load_autoencoder
+from iddm_cli.core.latent import LatentCodec, autoencoder_file, load_autoencoder
 from iddm_cli.core.rundir import check_free_space, check_writable, claim_run_dir, plan_run_dir
 from iddm_cli.data.folder import DatasetInfo, scan_dataset
 from iddm_cli.diffusion.schedule import PREDICTIONS
@@ -75,6 +75,8 @@ class Plan:
     def load_pretrained(self) -> None:
         """Copy --pretrain-path's weights into the model (checked against it); the notes join the plan's."""
         path = Path(self.config.train.pretrain_path).expanduser()
+        if path.is_dir():  # a run directory, as iddm sample and --autoencoder-ckpt take it
+            path = autoencoder_file(path) if self.kind == "vae" else path / "ckpt_last.pt"
         ckpt, converted = load_any(path)  # an IDDM 1.x checkpoint is converted in memory
         self.notes += [converted] if converted else []
         kind = ckpt.get("kind", "dm")
@@ -275,7 +277,8 @@ def plan_training(config: Any, run_dir: Path | None = None, world: World | None 
     if world is None or world.is_main:
         problem = check_writable(run_dir)
         if problem:
-            raise ConfigError(f"train.result_path: cannot create {run_dir}: {problem}")
+            raise ConfigError(f"train.result_path: cannot {'write in' if run_dir.is_dir() else 'create'} {run_dir}: "
+                              f"{problem}")
     amp_dtype, use_scaler, amp_note = select_amp(device, config.optim.amp)
     if config.optim.compile:
         check_compile(device)
@@ -285,6 +288,12 @@ def plan_training(config: Any, run_dir: Path | None = None, world: World | None 
         if val is not None and val.channels != data.channels:
             raise DataError(f"{val.root} is {'gray' if val.channels == 1 else 'colour'} and {data.root} is not: "
                             "validation images must have the training images' channels")
+        if val is not None:
+            shared = {p.resolve() for p, _ in data.samples} & {p.resolve() for p, _ in val.samples}
+            if shared:  # validation (and ckpt_best.pt) would measure images the autoencoder trains on
+                model_notes.append(f"note: {len(shared)} of the {len(val.samples)} validation images are training "
+                                   f"images too ({val.root} and {data.root}): validation and ckpt_best.pt then "
+                                   "measure images the autoencoder learns; keep them in separate folders")
         kwargs = {"in_channels": data.channels, "latent_channels": config.model.latent_channels,
                   "base_channels": config.model.base_channels, "downsample": config.model.downsample,
                   "act": config.model.act}
@@ -320,14 +329,33 @@ def plan_training(config: Any, run_dir: Path | None = None, world: World | None 
         # a new run needs room for its first checkpoint and the next one beside it; a resumed run for one more
         check_free_space(run_dir, checkpoint_bytes(model) * (2 if new_run else 1))
     steps_per_epoch = math.ceil(math.ceil(len(data.samples) / world_size) / config.data.batch_size)
+    model_notes += unused_settings(config, conditional=not vae and bool(data.class_names))
     notes = [n for n in (amp_note, dir_note, *model_notes, *layout.notes, *data.notes, *(val.notes if val else []))
              if n]
     if data.size_stats[1] and data.size_stats[1] < min(h, w):
-        notes.append(f"note: half the images are smaller than {min(h, w)} px (median {data.size_stats[1]} px) "
-                     "and will be upscaled")
+        share = "every image is" if data.size_stats[2] < min(h, w) else "half the images or more are"
+        notes.append(f"note: {share} smaller than {min(h, w)} px (shorter side: median {data.size_stats[1]} px, "
+                     f"largest {data.size_stats[2]} px) and will be upscaled")
     return Plan(config, data, device, amp_dtype, use_scaler, (h, w),
                 {"name": config.model.network, "kwargs": kwargs}, model, steps_per_epoch, run_dir, layout,
                 world_size, notes, val=val, codec=codec)
+
+
+def unused_settings(config: Any, conditional: bool) -> list[str]:
+    """A note for each setting given a value (not its default) that this run has no use for."""
+    reasons = {}
+    if not config.save.save_model_interval:
+        reasons["keep_last"] = "save.save_model_interval is off, so no ckpt_NNN.pt are kept"
+    if config.optim.lr_func != "warmup_cosine":
+        reasons["warmup_epochs"] = f"optim.lr_func = {config.optim.lr_func!r} has no warm-up (warmup_cosine has)"
+    if not conditional:
+        reasons |= dict.fromkeys(("num_classes", "cfg_scale", "cfg_dropout"), "the model is unconditional")
+    notes = []
+    for name, spec in schema_of(config).fields.items():
+        value = getattr(getattr(config, spec.section), name)
+        if name in reasons and value != spec.default:
+            notes.append(f"note: {spec.dotted} = {value!r} plays no part: {reasons[name]}")
+    return notes
 
 
 def _check_evaluation(config: Config) -> None:

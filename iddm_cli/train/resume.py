@@ -48,6 +48,10 @@ def find_state(run_dir: Path, start_epoch: int = -1) -> tuple[Path, dict[str, An
         except CheckpointError as err:
             notes.append(f"skipped {path.name}: {err.problems[0]}")
     tried = ", ".join(p.name for p in candidates)
+    if not notes and start_epoch < 0:  # no checkpoint at all: the run stopped before its first epoch ended
+        raise CheckpointError(f"{run_dir} holds no checkpoint ({tried}): the run stopped before its first epoch ended "
+                              "(train.log says why), so there is nothing to continue; start it again with iddm dm "
+                              "train (or iddm vae train)")
     raise CheckpointError(f"{run_dir} holds no readable training state (looked for {tried})"
                           + (f"; {notes[0]}" if notes else ""))
 
@@ -61,6 +65,8 @@ def plan_resume(run_dir: str | Path, overrides: dict[str, Any], start_epoch: int
     process's place in a launched group; ``data``: a scan made already. Writes nothing."""
     run = Path(run_dir).expanduser()
     toml = run / "config.toml"
+    if not run.is_dir():
+        raise ConfigError(f"{run} does not exist" if not run.exists() else f"{run} is a file, not a run directory")
     if not toml.is_file():
         raise ConfigError(f"{run} is not a run directory (it has no config.toml)")
     if world is None or world.is_main:
