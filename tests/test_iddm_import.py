@@ -131,6 +131,9 @@ def test_iddm_convert_writes_a_checkpoint(invoke, tmp_path):
     assert result.exit_code == 2 and "already exists" in result.output
     result = invoke("convert", out, tmp_path / "again.pt")
     assert result.exit_code == 2 and "already an iddm checkpoint" in result.output
+    result = invoke("convert", src, tmp_path / "sqrt.pt", "--noise-schedule", "sqrt")  # IDDM's sqrt is not iddm's
+    assert result.exit_code == 2 and "cannot be converted faithfully" in " ".join(result.output.split())
+    assert not (tmp_path / "sqrt.pt").exists()
 
 
 @pytest.mark.parametrize("name", NETS)
