@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torchvision.transforms.functional as TF
 
-from iddm_cli.config.commands import COMMANDS, FidConfig, ReconstructionEvalConfig
+from iddm_cli.config.commands import COMMANDS, FID_SAMPLING, FidConfig, ReconstructionEvalConfig
 from iddm_cli.core.devices import use_device
 from iddm_cli.core.latent import load_autoencoder
 from iddm_cli.data.folder import IMAGE_EXTENSIONS, DatasetInfo, ImageFolderDataset, collate, load_image, scan_dataset
@@ -43,9 +43,6 @@ from iddm_cli.sampling import (
 )
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
-# the options of eval fid that shape samples drawn from --ckpt, and so mean nothing for --images
-SAMPLING_OPTIONS = ("num", "sampler", "steps", "eta", "cfg_scale", "seed", "batch_size", "ema", "autoencoder_ckpt",
-                    "verify")
 PREPROCESSING = "files decoded as L or RGB at their own size; [0, 1]"  # part of every reference cache key
 DRAW_CHUNK = 256  # samples drawn (and scored) at a time, so that 50k samples never sit in memory
 
@@ -178,16 +175,13 @@ def scores(features: torch.Tensor, ref: Reference, labels: list[int] | None, cla
     kid_mean, kid_std = kid(features, ref.features, subsets, subset_size, seed)
     result = Scores(n, fid_from_features(features, ref.mu, ref.sigma), kid_mean, kid_std, ref.source)
     if labels is not None and ref.labels is not None:
-        for i, name in enumerate(class_names):
+        for i in sorted(set(labels)):  # the classes drawn; evaluate_fid checked 2 or more of each on both sides
             mine = features[[k for k, label in enumerate(labels) if label == i]]
-            j = ref.class_names.index(name)
+            j = ref.class_names.index(class_names[i])
             theirs = ref.features[[k for k, label in enumerate(ref.labels) if label == j]].double()
-            if mine.shape[0] >= 2 and theirs.shape[0] >= 2:  # named with the class's own sample count
-                mu, sigma = feature_stats(theirs)
-                result.per_class[f"{metric_name('fid', mine.shape[0])}/{name}"] = fid_from_features(mine, mu, sigma)
-            else:
-                result.notes.append(f"note: no FID for class {name}: it needs 2 or more samples and reference images "
-                                    f"of it ({mine.shape[0]} and {theirs.shape[0]} here)")
+            mu, sigma = feature_stats(theirs)  # named with the class's own sample count
+            result.per_class[f"{metric_name('fid', mine.shape[0])}/{class_names[i]}"] = fid_from_features(mine, mu,
+                                                                                                          sigma)
     return result
 
 
@@ -233,8 +227,9 @@ def evaluate_fid(req: FidConfig, progress: Progress | None = None) -> Scores:
         if req.per_class:
             raise ConfigError("--per-class: scores per class need a conditional --ckpt (a folder of images has no "
                               "classes to draw)")
-        given = [COMMANDS["eval fid"][name].flag for name in SAMPLING_OPTIONS
-                 if getattr(req, name) != COMMANDS["eval fid"][name].default]
+        specs = [COMMANDS["eval fid"][name] for name in FID_SAMPLING]  # given: a value other than the default
+        given = [(spec.off or f"--no-{spec.flag[2:]}") if getattr(req, spec.name) is False else spec.flag
+                 for spec in specs if getattr(req, spec.name) != spec.default]
         if given:
             raise ConfigError(f"{', '.join(given)}: {'these apply' if len(given) > 1 else 'it applies'} to samples "
                               "drawn from --ckpt; --images are scored as they are")
@@ -254,6 +249,10 @@ def evaluate_fid(req: FidConfig, progress: Progress | None = None) -> Scores:
             raise ConfigError(f"--per-class: the reference {req.ref} needs one folder per class of the checkpoint"
                               + (f" (missing: {', '.join(missing)})" if ref_info is not None and ref_info.conditional
                                  else ""))
+        few = [class_names[i] for i in sorted(set(labels)) if ref_info.class_counts.get(class_names[i], 0) < 2]
+        if few:
+            raise DataError(f"--per-class: the reference {req.ref} has fewer than 2 images of {', '.join(few)}; a "
+                            "class's FID needs 2 or more")
     net = InceptionFeatures(device)
     size = tuple(loaded.ckpt["data"]["image_size"]) if loaded is not None else None  # compared at the model's size
     ref = reference(req.ref, net, progress, size)
@@ -271,7 +270,7 @@ def evaluate_fid(req: FidConfig, progress: Progress | None = None) -> Scores:
         features = torch.cat(parts)
     result = scores(features, ref, labels if req.per_class else None, class_names, req.kid_subsets,
                     req.kid_subset_size)
-    result.notes = notes + result.notes
+    result.notes = notes
     return result
 
 

@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 
 from iddm_cli import __version__
-from iddm_cli.config.commands import SampleConfig
+from iddm_cli.config.commands import COMMANDS, SampleConfig
 from iddm_cli.config.loader import name_problem
-from iddm_cli.core.checkpoint import strip_prefix
+from iddm_cli.core.checkpoint import resolve_checkpoint
 from iddm_cli.core.devices import parse_device, use_device, visible_gpus
 from iddm_cli.core.iddm_import import load_any
 from iddm_cli.core.images import PIL_FORMATS, save_grid, to_uint8
@@ -29,7 +29,7 @@ from iddm_cli.core.rundir import check_writable, plan_run_dir
 from iddm_cli.diffusion.samplers import SAMPLERS, sample, timesteps
 from iddm_cli.diffusion.schedule import PREDICTIONS, Diffusion
 from iddm_cli.errors import CheckpointError, ConfigError
-from iddm_cli.nets import build_stored
+from iddm_cli.nets import load_stored
 
 SampleRequest = SampleConfig  # the settings of one ``iddm sample`` call; defaults and bounds live in the schema
 
@@ -41,12 +41,6 @@ class SampleResult:
     grid: Path | None
     manifest: Path
     notes: list[str] = field(default_factory=list)
-
-
-def resolve_checkpoint(path: str) -> Path:
-    """A checkpoint file, or a run directory (its ckpt_last.pt)."""
-    p = Path(path).expanduser()
-    return p / "ckpt_last.pt" if p.is_dir() else p
 
 
 def select_device(spec: str, use_gpu: int | None = None) -> tuple[torch.device, str | None]:
@@ -105,9 +99,10 @@ def check_request(req: SampleRequest, ckpt: dict[str, Any]) -> tuple[str, int, f
     steps = req.steps if req.steps is not None else min(SAMPLERS[sampler].default_steps, T)
     if not 1 <= steps <= T:
         raise ConfigError(f"--steps {steps}: expected 1..{T} (the model was trained with T={T})")
-    if req.eta is not None and sampler != "ddim":  # the other samplers have no such knob: it would change nothing
-        raise ConfigError(f"--eta: only the ddim sampler has it (this call samples with {sampler}); drop --eta or "
-                          "add --sampler ddim")
+    if req.eta is not None and not SAMPLERS[sampler].eta:  # a sampler without that knob: it would change nothing
+        with_eta = ", ".join(name for name, spec in SAMPLERS.items() if spec.eta)
+        raise ConfigError(f"--eta: {sampler} has no such setting (only {with_eta} has); drop --eta or add "
+                          f"--sampler {with_eta}")
     if req.cfg_scale is not None and not ckpt["data"]["conditional"]:
         raise ConfigError("--cfg-scale: this checkpoint is unconditional, so there is nothing to guide")
     cfg = req.cfg_scale if req.cfg_scale is not None else float(ckpt["config"]["diffusion"]["cfg_scale"])
@@ -161,8 +156,7 @@ def load_for_sampling(ckpt: dict[str, Any], req: SampleRequest, device: torch.de
     notes = [codec_note] if codec_note else []
     if req.ema and weights == "model":
         notes.append("note: the checkpoint holds no EMA weights, so its raw weights sample")
-    model = build_stored(ckpt["network"])
-    model.load_state_dict(strip_prefix(ckpt[weights]))
+    model = load_stored(ckpt["network"], ckpt[weights], req.checkpoint or req.weight_path)
     # channels_last on a CPU: 12% faster convolutions for the unet at 32 px (batch 512, 1 and 2 threads)
     model.to(device, memory_format=torch.channels_last if device.type == "cpu" else torch.preserve_format).eval()
     prediction = ckpt["diffusion"].get("prediction", "epsilon")
@@ -210,8 +204,7 @@ def generate(req: SampleRequest, progress: Callable[[int, int], None] | None = N
     out_dir = output_dir(req, path, sampler, steps)  # checked before any sampling
 
     per_class = 1 if "-1" in req.class_name else req.num  # IDDM's -1: one image of every class
-    default_num = SampleConfig.__dataclass_fields__["num"].default
-    if "-1" in req.class_name and ids is not None and req.num != default_num:
+    if "-1" in req.class_name and ids is not None and req.num != COMMANDS["sample"]["num"].default:
         result_notes = [f"note: --class-name -1 draws one image of every class (IDDM's meaning), so --num {req.num} "
                         "does not apply; without -1, every class gets --num images"]
     else:
@@ -231,7 +224,8 @@ def load_diffusion_checkpoint(path: Path, req: SampleRequest) -> tuple[dict[str,
     ckpt, converted = load_any(path)
     if ckpt.get("kind", "dm") != "dm":
         raise ConfigError(f"{path} is an autoencoder checkpoint: this command draws from diffusion-model checkpoints "
-                          "(an autoencoder's reconstructions are in its run's vis/ folder; iddm eval vae scores them)")
+                          "(an autoencoder's reconstructions are in its run's vis/ folder; iddm eval vae scores "
+                          "an autoencoder)")
     if "latent" not in ckpt and (req.autoencoder_ckpt is not None or not req.verify):
         flag = "--autoencoder-ckpt" if req.autoencoder_ckpt is not None else "--no-verify"
         raise ConfigError(f"{flag}: this checkpoint is a pixel-space model; it has no autoencoder")

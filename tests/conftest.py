@@ -19,7 +19,7 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 # Flags that make any training tiny: 8 px, 4 base channels, 20 diffusion steps, one epoch.
 TINY = ["--image-size", "8", "--base-channels", "4", "--noise-steps", "20", "--epochs", "1", "--batch-size", "4",
         "--augment", "resize", "--log-every", "1"]
-STRUCTURE = {"network": {"name": "unet", "kwargs": {}}, "model": {}}  # what every iddm checkpoint has
+STRUCTURE = {"network": {"name": "unet", "kwargs": {}}, "model": {}, "data": {}, "config": {}, "diffusion": {}}
 
 
 def _image(rng: random.Random, mode: str, size: int, shade: int) -> Image.Image:

@@ -84,6 +84,10 @@ def test_samples_of_a_checkpoint_per_class(invoke, tmp_path):
     assert scores["fid6"] > 0 and set(scores["per_class"]) == {"fid3/cat", "fid3/dog"}
     too_few = invoke("eval", "fid", "--ref", data, "--ckpt", tmp_path / "run", "--num", "3", "--per-class")
     assert too_few.exit_code == 2 and "give --num 4 or more" in " ".join(too_few.output.split())
+    thin = make_dataset(tmp_path / "thin", ["cat", "dog"], per_class=2)
+    next((thin / "dog").iterdir()).unlink()  # one reference image of dog: no FID of its own
+    refused = invoke("eval", "fid", "--ref", thin, "--ckpt", tmp_path / "run", "--num", "4", "--per-class")
+    assert refused.exit_code == 3 and "fewer than 2 images of dog" in " ".join(refused.output.split())
     assert not (tmp_path / "run" / "samples").exists()  # nothing written beside the run
 
 
@@ -129,7 +133,7 @@ def test_one_image_is_a_data_error_before_any_scoring(invoke, tmp_path):
     (["--images", "X", "--ckpt", "Y"], "not both"),
     (["--images", "X", "--per-class"], "--per-class: scores per class need a conditional --ckpt"),
     (["--images", "X", "--num", "5", "--sampler", "ddim"], "--num, --sampler: these apply to samples drawn from"),
-    (["--images", "X", "--no-ema"], "--ema: it applies to samples drawn from --ckpt"),
+    (["--images", "X", "--no-ema"], "--no-ema: it applies to samples drawn from --ckpt"),
 ])
 def test_usage_errors(invoke, tmp_path, args, message):
     data = make_dataset(tmp_path / "d", None, per_class=2)

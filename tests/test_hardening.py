@@ -145,7 +145,7 @@ TRAIN_CASES = [  # (id, extra args or a function making files and returning args
     ("pretrain-without-path", ["--pretrain"], 2, "needs --pretrain-path"),
     ("result-path-is-a-file", _result_is_file, 2, "is not a folder"),
     ("force-without-resume", ["--force"], 2, "--force only applies together with --resume"),
-    ("num-vis-zero", ["--num-vis", "0"], 2, "vis.num_vis: 0: expected -1 (8 images) or 1 or more"),
+    ("num-vis-zero", ["--num-vis", "0"], 2, "vis.num_vis = 0: expected -1 (8 images) or 1 or more"),
 ]
 
 
@@ -200,10 +200,13 @@ def _resume_case(name: str):
             for p in run.glob("ckpt_*.pt"):
                 p.write_bytes(b"garbage")
             return ["--epochs", "3"], 2, "holds no readable training state"
+        if name == "num-vis-zero":  # refused on resume too, not only when a run starts
+            return ["--num-vis", "0", "--epochs", "3"], 2, "vis.num_vis = 0: expected -1 (8 images) or 1 or more"
         if name == "no-checkpoint":  # a run that stopped before its first epoch ended
             for p in run.glob("ckpt_*.pt"):
                 p.unlink()
-            return [], 2, "holds no checkpoint (ckpt_last.pt): the run stopped before its first epoch ended"
+            return [], 2, f"before its first epoch ended (the end of its train.log says why), so there is nothing " \
+                f"to continue; start it again: iddm dm train --profile {run / 'config.toml'}"
         if name == "start-epoch-newer-states":
             return ["--start-epoch", "1", "--epochs", "3"], 2, "newer states exist (ckpt_002.pt, ckpt_last.pt)"
         raise AssertionError(name)
@@ -211,7 +214,8 @@ def _resume_case(name: str):
 
 
 RESUME_CASES = ["truncated-config", "edited-network", "edited-epochs", "config-not-utf8", "not-a-run", "changed-lr",
-                "nothing-left", "start-epoch-missing", "no-readable-state", "no-checkpoint", "start-epoch-newer-states"]
+                "nothing-left", "start-epoch-missing", "no-readable-state", "no-checkpoint", "num-vis-zero",
+                "start-epoch-newer-states"]
 
 
 @pytest.mark.parametrize("name", RESUME_CASES)
@@ -245,15 +249,30 @@ SAMPLE_CASES = [
     ("eta-nan", lambda t: ["--eta", "nan"], 2, "expected a finite number"),
     ("sampler-unknown", lambda t: ["--sampler", "euler"], 2, "Invalid value for '--sampler'"),
     ("batch-huge", lambda t: ["--batch-size", "10000000"], 2, "expected a value <= 65536"),
-    ("eta-without-ddim", lambda t: ["--sampler", "ddpm", "--eta", "0.5"], 2, "--eta: only the ddim sampler has it"),
+    ("eta-without-ddim", lambda t: ["--sampler", "ddpm", "--eta", "0.5"], 2, "--eta: ddpm has no such setting"),
 ]
+
+
+def test_a_checkpoint_without_ema_weights_samples_its_raw_ones_and_says_so(invoke, tmp_path, trained):
+    data = ckpt.load_checkpoint(trained / "ckpt_last.pt")
+    data["ema"] = None
+    torch.save(data, tmp_path / "no-ema.pt")
+    result = invoke("sample", tmp_path / "no-ema.pt", "--steps", "2", "--num", "1", "--out", tmp_path / "s")
+    assert result.exit_code == 0 and "holds no EMA weights, so its raw weights sample" in " ".join(
+        result.output.split())
+    missing = invoke("resume", tmp_path / "nowhere")
+    assert missing.exit_code == 2 and "nowhere does not exist: give the run directory" in missing.output
 
 
 @pytest.mark.parametrize("edit,fragment", [
     (lambda c: c["network"].update(name="bogus"), "network 'bogus' is not one this iddm knows"),
     (lambda c: c.pop("model"), "is damaged: its 'model' entry is missing"),
     (lambda c: c["network"].pop("kwargs"), "is damaged: its 'network.kwargs' entry is missing"),
-], ids=["unknown-network", "no-model", "no-kwargs"])
+    (lambda c: c["network"].update(name=["unet"]), "is damaged: its 'network.name' entry is missing"),
+    (lambda c: c.pop("data"), "is damaged: its 'data' entry is missing"),
+    (lambda c: c["network"]["kwargs"].update(depth=3), "its weights and its network description do not fit"),
+    (lambda c: c["model"].popitem(), "its weights and its network description do not fit"),
+], ids=["unknown-network", "no-model", "no-kwargs", "name-not-text", "no-data", "unknown-kwarg", "weights-missing"])
 def test_an_edited_checkpoint_is_refused_in_one_line(invoke, tmp_path, trained, edit, fragment):
     data = ckpt.load_checkpoint(trained / "ckpt_last.pt")
     edit(data)

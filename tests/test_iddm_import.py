@@ -134,6 +134,8 @@ def test_iddm_convert_writes_a_checkpoint(invoke, tmp_path):
     result = invoke("convert", src, tmp_path / "sqrt.pt", "--noise-schedule", "sqrt")  # IDDM's sqrt is not iddm's
     assert result.exit_code == 2 and "cannot be converted faithfully" in " ".join(result.output.split())
     assert not (tmp_path / "sqrt.pt").exists()
+    result = invoke("convert", src, tmp_path / "t500.pt", "--noise-steps", "500")  # linear: T = 1000 only
+    assert result.exit_code == 2 and "agree at T = 1000 only" in " ".join(result.output.split())
 
 
 @pytest.mark.parametrize("name", NETS)

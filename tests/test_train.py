@@ -219,6 +219,9 @@ def test_the_plan_names_settings_that_play_no_part(tmp_path):
         "note: diffusion.cfg_scale = 2.0 plays no part: the model is unconditional",
         "note: optim.warmup_epochs = 2.0 plays no part: optim.lr_func = 'linear' has no warm-up (warmup_cosine has)",
         "note: save.keep_last = 2 plays no part: save.save_model_interval is off, so no ckpt_NNN.pt are kept"]
+    assert "note: every image is smaller than 8 px" not in " ".join(notes)  # 12 px images at 8 px
+    big = plan_training(resolve(flags={**flags, "image_size": 16}).config).notes
+    assert "note: every image is smaller than 16 px (shorter side: median 12 px, largest 12 px)" in " ".join(big)
     used = {**flags, "dataset_path": str(make_dataset(tmp_path / "cond", ["a", "b", "c"])),
             "lr_func": "warmup_cosine", "save_model_interval": True}
     assert not [n for n in plan_training(resolve(flags=used).config).notes if "plays no part" in n]

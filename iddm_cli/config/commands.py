@@ -150,7 +150,7 @@ class ConvertConfig:
     out: str = opt(None, "The iddm checkpoint to write (a new file).", kind="str", argument=True, required=True,
                    metavar="OUT")
     noise_schedule: str = opt("linear", "The beta schedule the IDDM model was trained with (IDDM's sqrt is not "
-                              "iddm's and is refused).",
+                              "iddm's and is refused; linear and sqrt_linear convert at T = 1000 only).",
                               choices=C.NOISE_SCHEDULES)
     noise_steps: int = opt(1000, "The diffusion steps T the IDDM model was trained with.", ge=2, le=100_000)
 
@@ -193,6 +193,10 @@ CONVERT = specs_of({"convert": ConvertConfig})
 DATASET_CHECK = specs_of({"check": DatasetCheckConfig})
 DATASET_GET = specs_of({"get": DatasetGetConfig})
 
+# the options of eval fid that shape the samples drawn from --ckpt (and so mean nothing for --images)
+FID_SAMPLING = ("num", "sampler", "steps", "eta", "cfg_scale", "seed", "batch_size", "ema", "autoencoder_ckpt",
+                "verify")
+
 COMMANDS: dict[str, dict[str, FieldSpec]] = {
     "dm train": {**pick(RUN, "profile", "sets", "dry_run", "print_config", "explain", "debug"),
                  "force": replace(RUN["force"], panel=COMPAT_PANEL),  # beside --resume and --start-epoch
@@ -217,8 +221,8 @@ COMMANDS: dict[str, dict[str, FieldSpec]] = {
                  "checkpoint": replace(FID["checkpoint"], argument=False, flag="--ckpt", panel="Inputs",
                                        help="A diffusion checkpoint (or its run directory) to draw --num samples from, "
                                             "with the sampler options below."),
-                 **pick(FID, "num", "per_class", "kid_subsets", "kid_subset_size", "json", "sampler", "steps", "eta",
-                        "cfg_scale", "seed", "batch_size", "ema", "autoencoder_ckpt", "verify", "device"),
+                 **pick(FID, "num", "per_class", "kid_subsets", "kid_subset_size", "json"),
+                 **pick(FID, *FID_SAMPLING[1:], "device"),
                  **pick(RUN, "debug")},
     "eval vae": {**RECONSTRUCTION, **pick(RUN, "debug")},
     "convert": {**CONVERT, **pick(RUN, "debug")},

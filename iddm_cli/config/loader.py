@@ -455,7 +455,7 @@ def check_runnable(resolved: Resolved, data: bool = True) -> None:
     if c.train.start_epoch != -1 and not c.train.resume:
         bad("start_epoch", "only applies together with --resume")
     if c.train.pretrain and not c.train.pretrain_path:
-        bad("pretrain", "needs --pretrain-path FILE")
+        bad("pretrain", "needs --pretrain-path FILE|RUN_DIR")
     if c.train.pretrain_path and not c.train.pretrain:
         bad("pretrain_path", "is set but --pretrain is not: add --pretrain, or drop the path")
     if c.train.max_time and parse_duration(c.train.max_time) is None:
@@ -480,8 +480,6 @@ def check_runnable(resolved: Resolved, data: bool = True) -> None:
 
 
 def _check_diffusion(c: Config, h: int, w: int, bad: Any) -> None:
-    if c.vis.num_vis == 0:  # the autoencoder's num_vis starts at 1; here -1 is the "8" that IDDM users pass
-        bad("num_vis", "0: expected -1 (8 images) or 1 or more; --no-vis turns the previews off")
     if c.model.latent and not c.model.autoencoder_ckpt:
         bad("latent", "needs --autoencoder-ckpt FILE: an autoencoder checkpoint from `iddm vae train`")
     for name in ("autoencoder_ckpt", "cache_latents"):

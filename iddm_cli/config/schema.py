@@ -202,7 +202,8 @@ class TrainConfig:
     start_epoch: int = opt(-1, "With resume: continue from ckpt_NNN.pt, the state after N epochs (-1 = the newest "
                            "state).", ge=-1, metavar="N", compat=True)
     pretrain: bool = opt(False, "Initialise the network from --pretrain-path.")
-    pretrain_path: str = opt("", "Checkpoint whose weights initialise the network.", metavar="FILE")
+    pretrain_path: str = opt("", "Checkpoint whose weights initialise the network, or a run directory (its "
+                             "ckpt_last.pt; an autoencoder run's ckpt_best.pt).", metavar="FILE|RUN_DIR")
 
 
 @dataclass(kw_only=True)

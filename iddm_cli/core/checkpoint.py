@@ -201,17 +201,27 @@ def read_checkpoint_file(path: Path, map_location: str | torch.device = "cpu", c
     return data
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory (its ckpt_last.pt)."""
+    p = Path(path).expanduser()
+    return p / "ckpt_last.pt" if p.is_dir() else p
+
+
 def check_format(data: Any, path: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an iddm checkpoint (no 'format': 'iddm' entry)")
     if data.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{path} was written by a newer iddm (format {data['format_version']}); upgrade iddm")
-    lacking = [key for key in ("network", "model") if not isinstance(data.get(key), dict)]
-    if not lacking and not isinstance(data["network"].get("kwargs"), dict):
-        lacking = ["network.kwargs"]
+    lacking = [key for key in ("network", "model", "data", "config") if not isinstance(data.get(key), dict)]
+    if data.get("kind", "dm") == "dm" and not isinstance(data.get("diffusion"), dict):
+        lacking.append("diffusion")
+    if "network" not in lacking:
+        lacking += [f"network.{key}" for key, kind in (("name", str), ("kwargs", dict))
+                    if not isinstance(data["network"].get(key), kind)]
     if lacking:  # every iddm checkpoint has them: the file was edited or damaged after it was written
-        raise CheckpointError(f"{path} is damaged: its {' and '.join(repr(k) for k in lacking)} entry is missing or "
-                              "not a table; use another checkpoint of the run (ckpt_last.pt, ckpt_NNN.pt)")
+        raise CheckpointError(f"{path} is damaged: its {', '.join(repr(k) for k in lacking)} "
+                              f"{'entry is' if len(lacking) == 1 else 'entries are'} missing or of the wrong type "
+                              "(another of the run's checkpoints, ckpt_NNN.pt, may be intact)")
     return data
 
 

@@ -261,7 +261,11 @@ def write_converted(path: Path, out: Path, noise_schedule: str = "linear", noise
     if noise_schedule == "sqrt":
         raise ConfigError("--noise-schedule sqrt: IDDM's sqrt schedule (betas linspace(1e-4, 0.02) ** 0.5) is not "
                           "iddm's (Diffusion-LM's), so a model trained with it cannot be converted faithfully; "
-                          "linear, cosine and sqrt_linear can")
+                          "cosine can at any T, linear and sqrt_linear at T = 1000")
+    if noise_schedule in ("linear", "sqrt_linear") and noise_steps != 1000:
+        raise ConfigError(f"--noise-steps {noise_steps}: IDDM's {noise_schedule} betas span 1e-4 to 0.02 at any T "
+                          "and iddm's are scaled by 1000/T, so they agree at T = 1000 only; a model trained with "
+                          "another T cannot be converted faithfully (cosine can)")
     path, out = path.expanduser(), out.expanduser()
     data = ckpt.read_checkpoint_file(path)
     if not is_iddm_checkpoint(data):

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from iddm_cli.core.checkpoint import check_format, read_checkpoint_file, strip_prefix
+from iddm_cli.core.checkpoint import check_format, read_checkpoint_file
 from iddm_cli.errors import CheckpointError, ConfigError
-from iddm_cli.nets import build_stored
+from iddm_cli.nets import build_stored, load_stored
 
 
 def autoencoder_file(value: str | Path) -> Path:
@@ -89,8 +89,7 @@ def load_autoencoder(path: str | Path, key: str = "model.autoencoder_ckpt", expe
     if expect_sha256 is not None and sha != expect_sha256:
         raise CheckpointError(f"{key}: {file} is not the autoencoder the model was trained with (SHA-256 "
                               f"{sha[:12]}, recorded {expect_sha256[:12]}); {hint}")
-    model = build_stored(ckpt["network"])
-    model.load_state_dict(strip_prefix(ckpt.get("ema") or ckpt["model"]))
+    model = load_stored(ckpt["network"], ckpt.get("ema") or ckpt["model"], f"{key}: {file}")
     model.to(device).eval().requires_grad_(False)
     record = {"path": str(file.resolve()), "sha256": sha, "network": ckpt["network"], "config": ckpt["config"],
               "image_size": ckpt["data"]["image_size"], "validation": ckpt.get("validation")}

@@ -16,6 +16,7 @@ class SamplerSpec:
     stochastic: bool
     summary: str
     first_step_extra: int = 0  # PLMS evaluates twice on its first step
+    eta: bool = False  # takes --eta (how much fresh noise each step adds)
 
     def nfe(self, grid_len: int) -> int:
         """Evaluations for a grid of ``grid_len`` steps; the final move to the clean image takes one."""
@@ -25,7 +26,7 @@ class SamplerSpec:
 # Default step counts follow IDDM.
 SAMPLERS: dict[str, SamplerSpec] = {
     "ddpm": SamplerSpec(1000, 1, True, "ancestral DDPM (Ho et al. 2020), respaced below T steps"),
-    "ddim": SamplerSpec(100, 1, False, "DDIM (Song et al. 2021); --eta > 0 adds noise"),
+    "ddim": SamplerSpec(100, 1, False, "DDIM (Song et al. 2021); --eta > 0 adds noise", eta=True),
     "plms": SamplerSpec(100, 1, False, "pseudo linear multistep, PNDM (Liu et al. 2022)", first_step_extra=1),
     "dpm2": SamplerSpec(50, 2, False, "DPM-Solver-2 (Lu et al. 2022)"),
     "dpmpp": SamplerSpec(20, 2, False, "DPM-Solver++(2S) (Lu et al. 2022b)"),

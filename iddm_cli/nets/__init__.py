@@ -11,7 +11,7 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from iddm_cli.errors import CheckpointError
+from iddm_cli.errors import CheckpointError, first_line
 
 if TYPE_CHECKING:
     from torch import nn
@@ -93,6 +93,22 @@ def build_stored(network: dict[str, Any]) -> nn.Module:
     if network["name"] in AUTOENCODER_NETWORKS:  # stored complete since the first release that had them
         return build_network(network["name"], **network["kwargs"])
     return build_network(network["name"], **stored_kwargs(network["kwargs"]))
+
+
+def load_stored(network: dict[str, Any], state: dict[str, Any], source: Any) -> nn.Module:
+    """The network a checkpoint describes, holding ``state``; a description and weights that do not fit each other
+    (a file changed after iddm wrote it) are a CheckpointError naming ``source``."""
+    from iddm_cli.core.checkpoint import strip_prefix
+
+    try:
+        model = build_stored(network)
+        model.load_state_dict(strip_prefix(state))
+    except CheckpointError as err:
+        raise CheckpointError(f"{source}: {err.problems[0]}") from None
+    except (TypeError, ValueError, RuntimeError, KeyError, AttributeError) as err:
+        raise CheckpointError(f"{source}: its weights and its network description do not fit each other (the file was "
+                              f"changed after iddm wrote it): {first_line(err)[:200]}") from None
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

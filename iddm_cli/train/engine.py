@@ -38,7 +38,7 @@ from iddm_cli.core.devices import SINGLE, World, use_device
 from iddm_cli.core.reporting import Reporter, SilentReporter
 from iddm_cli.core.rundir import NullLogger, RunLock, RunLogger, supersede, write_run_files
 from iddm_cli.data.folder import EpochSampler, collate
-from iddm_cli.errors import IddmError, Interrupted, TrainingError
+from iddm_cli.errors import IddmError, Interrupted, TrainingError, first_line
 from iddm_cli.train import distributed as dist
 from iddm_cli.train.ema import make_ema
 from iddm_cli.train.objectives import LR_FUNCS, make_optimizer
@@ -591,10 +591,13 @@ def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, An
         if err.errno not in ckpt.STORAGE_ERRNOS:
             raise
         failure = ckpt.storage_error(err, Path(err.filename) if err.filename else plan.run_dir)
-        _log_failure(logger, failure)
+        _log_failure(logger, failure.problems)
         raise failure from None
     except IddmError as err:  # a file under --strict-data, a checkpoint that could not be written, a NaN loss
-        _log_failure(logger, err)
+        _log_failure(logger, err.problems)
+        raise
+    except Exception as err:  # out of memory, a lost peer, a bug: the log says so before the traceback does
+        _log_failure(logger, [f"{type(err).__name__}: {first_line(err)}"])
         raise
     finally:
         restore_signals()
@@ -607,10 +610,10 @@ def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, An
             session.close()
 
 
-def _log_failure(logger: RunLogger | NullLogger, err: IddmError) -> None:
+def _log_failure(logger: RunLogger | NullLogger, problems: list[str]) -> None:
     """train.log says why the run stopped, as the console did (unless the disk that holds it is what failed)."""
     with suppress(OSError):
-        for line in err.problems:
+        for line in problems:
             logger.log(f"stopped: {line}")
 
 

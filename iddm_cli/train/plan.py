@@ -19,8 +19,8 @@ from torch import nn
 
 from iddm_cli.config import Config, image_hw
 from iddm_cli.config.loader import parse_duration
-from iddm_cli.config.schema import DM, VAE, schema_of
-from iddm_cli.core.checkpoint import load_pretrained
+from iddm_cli.config.schema import VAE, schema_of
+from iddm_cli.core.checkpoint import load_pretrained, resolve_checkpoint
 from iddm_cli.core.devices import Layout, World, loader_workers, plan_layout
 from iddm_cli.core.iddm_import import load_any
 from iddm_cli.core.latent import LatentCodec, autoencoder_file, load_autoencoder
@@ -76,7 +76,7 @@ class Plan:
         """Copy --pretrain-path's weights into the model (checked against it); the notes join the plan's."""
         path = Path(self.config.train.pretrain_path).expanduser()
         if path.is_dir():  # a run directory, as iddm sample and --autoencoder-ckpt take it
-            path = autoencoder_file(path) if self.kind == "vae" else path / "ckpt_last.pt"
+            path = autoencoder_file(path) if self.kind == "vae" else resolve_checkpoint(path)
         ckpt, converted = load_any(path)  # an IDDM 1.x checkpoint is converted in memory
         self.notes += [converted] if converted else []
         kind = ckpt.get("kind", "dm")
@@ -298,6 +298,8 @@ def plan_training(config: Any, run_dir: Path | None = None, world: World | None 
                   "base_channels": config.model.base_channels, "downsample": config.model.downsample,
                   "act": config.model.act}
     else:
+        if config.vis.num_vis == 0:  # checked here, where resumed runs pass too; -1 is the "8" that IDDM users pass
+            raise ConfigError("vis.num_vis = 0: expected -1 (8 images) or 1 or more (--no-vis: no previews)")
         if config.model.latent and codec is None:
             codec = load_autoencoder(config.model.autoencoder_ckpt)
         channels = data.channels
@@ -310,10 +312,6 @@ def plan_training(config: Any, run_dir: Path | None = None, world: World | None 
                 trained = "x".join(map(str, codec.record["image_size"]))
                 model_notes.append(f"note: the autoencoder was trained on {trained} images and this run's are {h}x{w}")
         entry = NETWORKS[config.model.network]
-        if not entry.uses_base_channels and config.model.base_channels != DM.fields["base_channels"].default:
-            sizes = ", ".join(name for name, other in NETWORKS.items() if not other.uses_base_channels)
-            model_notes.append(f"note: model.base_channels = {config.model.base_channels} plays no part: the "
-                               f"{config.model.network} network's size fixes its widths (sizes: {sizes})")
         kwargs = {"in_channels": channels, "out_channels": channels,
                   **({"base_channels": config.model.base_channels} if entry.uses_base_channels
                      else {"size": entry.size}),
@@ -329,7 +327,7 @@ def plan_training(config: Any, run_dir: Path | None = None, world: World | None 
         # a new run needs room for its first checkpoint and the next one beside it; a resumed run for one more
         check_free_space(run_dir, checkpoint_bytes(model) * (2 if new_run else 1))
     steps_per_epoch = math.ceil(math.ceil(len(data.samples) / world_size) / config.data.batch_size)
-    model_notes += unused_settings(config, conditional=not vae and bool(data.class_names))
+    model_notes += unused_settings(config, conditional=not vae and data.conditional)
     notes = [n for n in (amp_note, dir_note, *model_notes, *layout.notes, *data.notes, *(val.notes if val else []))
              if n]
     if data.size_stats[1] and data.size_stats[1] < min(h, w):
@@ -350,6 +348,10 @@ def unused_settings(config: Any, conditional: bool) -> list[str]:
         reasons["warmup_epochs"] = f"optim.lr_func = {config.optim.lr_func!r} has no warm-up (warmup_cosine has)"
     if not conditional:
         reasons |= dict.fromkeys(("num_classes", "cfg_scale", "cfg_dropout"), "the model is unconditional")
+    network = NETWORKS.get(config.model.network)
+    if network is not None and not network.uses_base_channels:  # an adm-* network: its size fixes the widths
+        sizes = ", ".join(name for name, other in NETWORKS.items() if not other.uses_base_channels)
+        reasons["base_channels"] = f"the {config.model.network} network's size fixes its widths (sizes: {sizes})"
     notes = []
     for name, spec in schema_of(config).fields.items():
         value = getattr(getattr(config, spec.section), name)

@@ -8,9 +8,12 @@ was never interrupted.
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from iddm_cli.config import Config, config_from_dict
 from iddm_cli.config.loader import coerce, kind_of
@@ -33,6 +36,14 @@ IGNORED_ON_RESUME = ("resume", "start_epoch", "run_name", "result_path", "pretra
                      "autoencoder_ckpt")  # the last: where the same autoencoder moved (checked by its SHA-256)
 
 
+def _kind(run_dir: Path) -> str:
+    """The trainer of a run ("dm" or "vae"), from its config.toml."""
+    try:
+        return kind_of(tomllib.loads((run_dir / "config.toml").read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return "dm"
+
+
 def find_state(run_dir: Path, start_epoch: int = -1) -> tuple[Path, dict[str, Any], list[str]]:
     """The newest training state that loads; ``start_epoch`` N picks ckpt_NNN.pt (the state after N epochs)."""
     if start_epoch >= 0:
@@ -50,8 +61,8 @@ def find_state(run_dir: Path, start_epoch: int = -1) -> tuple[Path, dict[str, An
     tried = ", ".join(p.name for p in candidates)
     if not notes and start_epoch < 0:  # no checkpoint at all: the run stopped before its first epoch ended
         raise CheckpointError(f"{run_dir} holds no checkpoint ({tried}): the run stopped before its first epoch ended "
-                              "(train.log says why), so there is nothing to continue; start it again with iddm dm "
-                              "train (or iddm vae train)")
+                              "(the end of its train.log says why), so there is nothing to continue; start it again: "
+                              f"iddm {_kind(run_dir)} train --profile {shlex.quote(str(run_dir / 'config.toml'))}")
     raise CheckpointError(f"{run_dir} holds no readable training state (looked for {tried})"
                           + (f"; {notes[0]}" if notes else ""))
 
@@ -66,7 +77,8 @@ def plan_resume(run_dir: str | Path, overrides: dict[str, Any], start_epoch: int
     run = Path(run_dir).expanduser()
     toml = run / "config.toml"
     if not run.is_dir():
-        raise ConfigError(f"{run} does not exist" if not run.exists() else f"{run} is a file, not a run directory")
+        raise ConfigError(f"{run} does not exist: give the run directory to continue (RESULT_PATH/RUN_NAME)"
+                          if not run.exists() else f"{run} is a file, not a run directory")
     if not toml.is_file():
         raise ConfigError(f"{run} is not a run directory (it has no config.toml)")
     if world is None or world.is_main:
