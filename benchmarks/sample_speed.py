@@ -15,18 +15,18 @@ import time
 
 import torch
 
-from iddm_cli.core.checkpoint import load_checkpoint
+from iddm_cli.core.checkpoint import load_checkpoint, resolve_checkpoint
 from iddm_cli.diffusion.oracle import GaussianOracle
 from iddm_cli.diffusion.samplers import SAMPLER_FNS, SAMPLERS, guided_eps, sample, timesteps
 from iddm_cli.diffusion.schedule import Diffusion
-from iddm_cli.nets import build_network, build_stored
+from iddm_cli.nets import build_network, load_stored
 
 
 def speed_table(args: argparse.Namespace) -> None:
     if args.checkpoint:
-        ckpt = load_checkpoint(args.checkpoint.rstrip("/") + "/ckpt_last.pt")
-        model = build_stored(ckpt["network"])  # an older checkpoint computes as it was trained
-        model.load_state_dict(ckpt["ema"])
+        path = resolve_checkpoint(args.checkpoint)
+        ckpt = load_checkpoint(path)
+        model = load_stored(ckpt["network"], ckpt["ema"], path)  # an older checkpoint computes as it was trained
     else:
         model = build_network("unet", in_channels=1, out_channels=1, base_channels=16, num_classes=10, act="gelu")
     model.eval()

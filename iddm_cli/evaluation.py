@@ -18,6 +18,7 @@ import torch
 import torchvision.transforms.functional as TF
 
 from iddm_cli.config.commands import COMMANDS, FID_SAMPLING, FidConfig, ReconstructionEvalConfig
+from iddm_cli.core.checkpoint import resolve_checkpoint
 from iddm_cli.core.devices import use_device
 from iddm_cli.core.latent import load_autoencoder
 from iddm_cli.data.folder import IMAGE_EXTENSIONS, DatasetInfo, ImageFolderDataset, collate, load_image, scan_dataset
@@ -37,7 +38,6 @@ from iddm_cli.sampling import (
     draw,
     load_diffusion_checkpoint,
     load_for_sampling,
-    resolve_checkpoint,
     select_device,
     selected_classes,
 )
@@ -221,7 +221,7 @@ def evaluate_fid(req: FidConfig, progress: Progress | None = None) -> Scores:
         if req.per_class and ids is not None and req.num < 2 * len(ids):
             raise ConfigError(f"--per-class: --num {req.num} draws fewer than 2 samples of some of the {len(ids)} "
                               f"classes; give --num {2 * len(ids)} or more")
-        loaded = load_for_sampling(ckpt, req, device)
+        loaded = load_for_sampling(ckpt, req, device, path)
         notes += loaded.notes
     else:
         if req.per_class:

@@ -145,7 +145,7 @@ TRAIN_CASES = [  # (id, extra args or a function making files and returning args
     ("pretrain-without-path", ["--pretrain"], 2, "needs --pretrain-path"),
     ("result-path-is-a-file", _result_is_file, 2, "is not a folder"),
     ("force-without-resume", ["--force"], 2, "--force only applies together with --resume"),
-    ("num-vis-zero", ["--num-vis", "0"], 2, "vis.num_vis = 0: expected -1 (8 images) or 1 or more"),
+    ("num-vis-zero", ["--num-vis", "0"], 2, "--num-vis: vis.num_vis: 0: expected -1 (8 images) or 1 or more"),
 ]
 
 
@@ -201,12 +201,13 @@ def _resume_case(name: str):
                 p.write_bytes(b"garbage")
             return ["--epochs", "3"], 2, "holds no readable training state"
         if name == "num-vis-zero":  # refused on resume too, not only when a run starts
-            return ["--num-vis", "0", "--epochs", "3"], 2, "vis.num_vis = 0: expected -1 (8 images) or 1 or more"
+            return ["--num-vis", "0", "--epochs", "3"], 2, "num_vis = 0: expected -1 (8 images) or 1 or more"
         if name == "no-checkpoint":  # a run that stopped before its first epoch ended
             for p in run.glob("ckpt_*.pt"):
                 p.unlink()
             return [], 2, f"before its first epoch ended (the end of its train.log says why), so there is nothing " \
-                f"to continue; start it again: iddm dm train --profile {run / 'config.toml'}"
+                f"to continue; a new run with its settings (in a new folder beside it): iddm dm train --profile " \
+                f"{run / 'config.toml'}"
         if name == "start-epoch-newer-states":
             return ["--start-epoch", "1", "--epochs", "3"], 2, "newer states exist (ckpt_002.pt, ckpt_last.pt)"
         raise AssertionError(name)
@@ -229,6 +230,29 @@ def test_bad_run_directories(invoke, tmp_path, trained, name):
     assert result.exit_code == code, result.output
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.output
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # the run is untouched
+
+
+def test_resume_passes_over_a_state_whose_weights_do_not_fit(invoke, tmp_path, trained):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    state = ckpt.load_checkpoint(run / "ckpt_last.pt")
+    state["model"].popitem()  # a file edited by hand: its weights no longer fit the network it names
+    torch.save(state, run / "ckpt_last.pt")
+    result = invoke("resume", run, "--epochs", "3", "--dry-run")
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0 and "skipped ckpt_last.pt" in text and "do not fit each other" in text, text
+    assert "ckpt_002.pt" in text  # the newest intact state
+
+
+def test_train_log_says_why_any_error_stopped_the_run(invoke, tmp_path, monkeypatch, cond_data):
+    def boom(self, epoch, position):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr("iddm_cli.train.engine.Session.run_epoch", boom)
+    with pytest.raises(RuntimeError, match="simulated"):  # not a user mistake: its traceback stays
+        invoke("dm", "train", "--dataset-path", cond_data, "--result-path", tmp_path, *TINY)
+    last = (tmp_path / "df" / "train.log").read_text().splitlines()[-1]
+    assert last.endswith("stopped: RuntimeError: out of memory (simulated)")
 
 
 def _out_with_files(t: Path) -> list[str]:

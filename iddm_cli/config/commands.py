@@ -222,7 +222,7 @@ COMMANDS: dict[str, dict[str, FieldSpec]] = {
                                        help="A diffusion checkpoint (or its run directory) to draw --num samples from, "
                                             "with the sampler options below."),
                  **pick(FID, "num", "per_class", "kid_subsets", "kid_subset_size", "json"),
-                 **pick(FID, *FID_SAMPLING[1:], "device"),
+                 **pick(FID, *(name for name in FID_SAMPLING if name != "num"), "device"),
                  **pick(RUN, "debug")},
     "eval vae": {**RECONSTRUCTION, **pick(RUN, "debug")},
     "convert": {**CONVERT, **pick(RUN, "debug")},

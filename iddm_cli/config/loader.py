@@ -479,7 +479,12 @@ def check_runnable(resolved: Resolved, data: bool = True) -> None:
         raise ConfigError(*errors)
 
 
+NUM_VIS_ZERO = "0: expected -1 (8 images) or 1 or more (--no-vis: no previews)"  # dm train's num_vis; -1 is IDDM's
+
+
 def _check_diffusion(c: Config, h: int, w: int, bad: Any) -> None:
+    if c.vis.num_vis == 0:  # checked again while planning, which resumed runs go through
+        bad("num_vis", NUM_VIS_ZERO)
     if c.model.latent and not c.model.autoencoder_ckpt:
         bad("latent", "needs --autoencoder-ckpt FILE: an autoencoder checkpoint from `iddm vae train`")
     for name in ("autoencoder_ckpt", "cache_latents"):

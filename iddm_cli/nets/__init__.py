@@ -11,7 +11,7 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from iddm_cli.errors import CheckpointError, first_line
+from iddm_cli.errors import CheckpointError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -104,10 +104,12 @@ def load_stored(network: dict[str, Any], state: dict[str, Any], source: Any) -> 
         model = build_stored(network)
         model.load_state_dict(strip_prefix(state))
     except CheckpointError as err:
-        raise CheckpointError(f"{source}: {err.problems[0]}") from None
+        raise CheckpointError(f"{source}: {err.problems[0]}") from err
     except (TypeError, ValueError, RuntimeError, KeyError, AttributeError) as err:
-        raise CheckpointError(f"{source}: its weights and its network description do not fit each other (the file was "
-                              f"changed after iddm wrote it): {first_line(err)[:200]}") from None
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+        detail = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]  # torch's header, then why
+        raise CheckpointError(f"{source}: its weights and its network description do not fit each other (was the "
+                              f"file edited?): {detail[:200]}") from err
     return model
 
 

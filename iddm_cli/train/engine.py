@@ -589,6 +589,7 @@ def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, An
         raise
     except OSError as err:  # the log, a preview grid, a rotation: the disk failed outside a checkpoint write
         if err.errno not in ckpt.STORAGE_ERRNOS:
+            _log_failure(logger, [f"{type(err).__name__}: {first_line(err)}"])
             raise
         failure = ckpt.storage_error(err, Path(err.filename) if err.filename else plan.run_dir)
         _log_failure(logger, failure.problems)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from iddm_cli.config import Config, image_hw
-from iddm_cli.config.loader import parse_duration
+from iddm_cli.config.loader import NUM_VIS_ZERO, parse_duration
 from iddm_cli.config.schema import VAE, schema_of
 from iddm_cli.core.checkpoint import load_pretrained, resolve_checkpoint
 from iddm_cli.core.devices import Layout, World, loader_workers, plan_layout
@@ -75,8 +75,8 @@ class Plan:
     def load_pretrained(self) -> None:
         """Copy --pretrain-path's weights into the model (checked against it); the notes join the plan's."""
         path = Path(self.config.train.pretrain_path).expanduser()
-        if path.is_dir():  # a run directory, as iddm sample and --autoencoder-ckpt take it
-            path = autoencoder_file(path) if self.kind == "vae" else resolve_checkpoint(path)
+        # a run directory as iddm sample and --autoencoder-ckpt take it: its ckpt_last.pt, an autoencoder's best
+        path = autoencoder_file(path) if self.kind == "vae" else resolve_checkpoint(path)
         ckpt, converted = load_any(path)  # an IDDM 1.x checkpoint is converted in memory
         self.notes += [converted] if converted else []
         kind = ckpt.get("kind", "dm")
@@ -298,8 +298,8 @@ def plan_training(config: Any, run_dir: Path | None = None, world: World | None 
                   "base_channels": config.model.base_channels, "downsample": config.model.downsample,
                   "act": config.model.act}
     else:
-        if config.vis.num_vis == 0:  # checked here, where resumed runs pass too; -1 is the "8" that IDDM users pass
-            raise ConfigError("vis.num_vis = 0: expected -1 (8 images) or 1 or more (--no-vis: no previews)")
+        if config.vis.num_vis == 0:  # as check_runnable does, for resumed runs too
+            raise ConfigError(f"vis.num_vis = {NUM_VIS_ZERO}")
         if config.model.latent and codec is None:
             codec = load_autoencoder(config.model.autoencoder_ckpt)
         channels = data.channels

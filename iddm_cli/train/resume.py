@@ -24,6 +24,7 @@ from iddm_cli.core.latent import LatentCodec, load_autoencoder
 from iddm_cli.core.rundir import RunLock
 from iddm_cli.data.folder import DatasetInfo
 from iddm_cli.errors import CheckpointError, ConfigError, DataError, first_line
+from iddm_cli.nets import load_stored
 from iddm_cli.train.plan import Plan, plan_training
 
 if sys.version_info >= (3, 11):
@@ -55,14 +56,17 @@ def find_state(run_dir: Path, start_epoch: int = -1) -> tuple[Path, dict[str, An
         if not path.exists():
             continue
         try:
-            return path, load_checkpoint(path), notes
+            state = load_checkpoint(path)
+            load_stored(state["network"], state["model"], path)  # weights that fit: an older state if not
+            return path, state, notes
         except CheckpointError as err:
             notes.append(f"skipped {path.name}: {err.problems[0]}")
     tried = ", ".join(p.name for p in candidates)
     if not notes and start_epoch < 0:  # no checkpoint at all: the run stopped before its first epoch ended
         raise CheckpointError(f"{run_dir} holds no checkpoint ({tried}): the run stopped before its first epoch ended "
-                              "(the end of its train.log says why), so there is nothing to continue; start it again: "
-                              f"iddm {_kind(run_dir)} train --profile {shlex.quote(str(run_dir / 'config.toml'))}")
+                              "(the end of its train.log says why), so there is nothing to continue; a new run with "
+                              f"its settings (in a new folder beside it): iddm {_kind(run_dir)} train --profile "
+                              f"{shlex.quote(str(run_dir / 'config.toml'))}")
     raise CheckpointError(f"{run_dir} holds no readable training state (looked for {tried})"
                           + (f"; {notes[0]}" if notes else ""))
 
