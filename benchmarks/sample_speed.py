@@ -15,11 +15,11 @@ import time
 
 import torch
 
-from iddm_cli.core.checkpoint import load_checkpoint, resolve_checkpoint
+from iddm_cli.core.checkpoint import load_checkpoint, load_stored, resolve_checkpoint
 from iddm_cli.diffusion.oracle import GaussianOracle
 from iddm_cli.diffusion.samplers import SAMPLER_FNS, SAMPLERS, guided_eps, sample, timesteps
 from iddm_cli.diffusion.schedule import Diffusion
-from iddm_cli.nets import build_network, load_stored
+from iddm_cli.nets import build_network
 
 
 def speed_table(args: argparse.Namespace) -> None:

@@ -20,7 +20,7 @@ from PIL import Image
 from iddm_cli import __version__
 from iddm_cli.config.commands import COMMANDS, SampleConfig
 from iddm_cli.config.loader import name_problem
-from iddm_cli.core.checkpoint import resolve_checkpoint
+from iddm_cli.core.checkpoint import load_stored, resolve_checkpoint
 from iddm_cli.core.devices import parse_device, use_device, visible_gpus
 from iddm_cli.core.iddm_import import load_any
 from iddm_cli.core.images import PIL_FORMATS, save_grid, to_uint8
@@ -29,7 +29,6 @@ from iddm_cli.core.rundir import check_writable, plan_run_dir
 from iddm_cli.diffusion.samplers import SAMPLERS, sample, timesteps
 from iddm_cli.diffusion.schedule import PREDICTIONS, Diffusion
 from iddm_cli.errors import CheckpointError, ConfigError
-from iddm_cli.nets import load_stored
 
 SampleRequest = SampleConfig  # the settings of one ``iddm sample`` call; defaults and bounds live in the schema
 

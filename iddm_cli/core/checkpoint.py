@@ -28,6 +28,7 @@ from torch import nn
 
 from iddm_cli import __version__
 from iddm_cli.errors import CheckpointError, StorageError, first_line
+from iddm_cli.nets import build_stored
 
 FORMAT = "iddm"
 FORMAT_VERSION = 2  # the newest format this iddm reads
@@ -199,6 +200,22 @@ def read_checkpoint_file(path: Path, map_location: str | torch.device = "cpu", c
         raise CheckpointError(f"{path} is truncated or not a PyTorch checkpoint ({first_line(err)[:160]}); "
                               "try an earlier checkpoint of the run") from None
     return data
+
+
+def load_stored(network: dict[str, Any], state: dict[str, Any], source: Any) -> nn.Module:
+    """The network a checkpoint describes, holding ``state``; a description and weights that do not fit each other
+    (a file changed after iddm wrote it) are a CheckpointError naming ``source``."""
+    try:
+        model = build_stored(network)
+        model.load_state_dict(strip_prefix(state))
+    except CheckpointError as err:
+        raise CheckpointError(f"{source}: {err.problems[0]}") from err
+    except (TypeError, ValueError, RuntimeError, KeyError, AttributeError) as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+        detail = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]  # torch's header, then why
+        raise CheckpointError(f"{source}: its weights and its network description do not fit each other (was the "
+                              f"file edited?): {detail[:200]}") from err
+    return model
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from iddm_cli.core.checkpoint import check_format, read_checkpoint_file
+from iddm_cli.core.checkpoint import check_format, load_stored, read_checkpoint_file
 from iddm_cli.errors import CheckpointError, ConfigError
-from iddm_cli.nets import build_stored, load_stored
+from iddm_cli.nets import build_stored
 
 
 def autoencoder_file(value: str | Path) -> Path:

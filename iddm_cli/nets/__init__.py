@@ -95,23 +95,5 @@ def build_stored(network: dict[str, Any]) -> nn.Module:
     return build_network(network["name"], **stored_kwargs(network["kwargs"]))
 
 
-def load_stored(network: dict[str, Any], state: dict[str, Any], source: Any) -> nn.Module:
-    """The network a checkpoint describes, holding ``state``; a description and weights that do not fit each other
-    (a file changed after iddm wrote it) are a CheckpointError naming ``source``."""
-    from iddm_cli.core.checkpoint import strip_prefix
-
-    try:
-        model = build_stored(network)
-        model.load_state_dict(strip_prefix(state))
-    except CheckpointError as err:
-        raise CheckpointError(f"{source}: {err.problems[0]}") from err
-    except (TypeError, ValueError, RuntimeError, KeyError, AttributeError) as err:
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
-        detail = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]  # torch's header, then why
-        raise CheckpointError(f"{source}: its weights and its network description do not fit each other (was the "
-                              f"file edited?): {detail[:200]}") from err
-    return model
-
-
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -18,13 +18,12 @@ import tomllib
 from iddm_cli.config import Config, config_from_dict
 from iddm_cli.config.loader import coerce, kind_of
 from iddm_cli.config.schema import SCHEMAS, schema_of
-from iddm_cli.core.checkpoint import load_checkpoint, numbered_checkpoints
+from iddm_cli.core.checkpoint import load_checkpoint, load_stored, numbered_checkpoints
 from iddm_cli.core.devices import World
 from iddm_cli.core.latent import LatentCodec, load_autoencoder
 from iddm_cli.core.rundir import RunLock
 from iddm_cli.data.folder import DatasetInfo
 from iddm_cli.errors import CheckpointError, ConfigError, DataError, first_line
-from iddm_cli.nets import load_stored
 from iddm_cli.train.plan import Plan, plan_training
 
 if sys.version_info >= (3, 11):
