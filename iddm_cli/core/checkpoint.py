@@ -19,7 +19,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -202,12 +202,14 @@ def read_checkpoint_file(path: Path, map_location: str | torch.device = "cpu", c
     return data
 
 
-def load_stored(network: dict[str, Any], state: dict[str, Any], source: Any) -> nn.Module:
+def load_stored(network: dict[str, Any], state: dict[str, Any], source: Any, check_only: bool = False) -> nn.Module:
     """The network a checkpoint describes, holding ``state``; a description and weights that do not fit each other
-    (a file changed after iddm wrote it) are a CheckpointError naming ``source``."""
+    (a file changed after iddm wrote it) are a CheckpointError naming ``source``. ``check_only``: build it on the meta
+    device, which checks every key and shape without allocating or copying anything."""
     try:
-        model = build_stored(network)
-        model.load_state_dict(strip_prefix(state))
+        with torch.device("meta") if check_only else nullcontext():
+            model = build_stored(network)
+        model.load_state_dict(strip_prefix(state), assign=check_only)  # a meta copy takes the tensors as they are
     except CheckpointError as err:
         raise CheckpointError(f"{source}: {err.problems[0]}") from err
     except (TypeError, ValueError, RuntimeError, KeyError, AttributeError) as err:

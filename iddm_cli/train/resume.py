@@ -56,7 +56,7 @@ def find_state(run_dir: Path, start_epoch: int = -1) -> tuple[Path, dict[str, An
             continue
         try:
             state = load_checkpoint(path)
-            load_stored(state["network"], state["model"], path)  # weights that fit: an older state if not
+            load_stored(state["network"], state["model"], path, check_only=True)  # else an older state
             return path, state, notes
         except CheckpointError as err:
             notes.append(f"skipped {path.name}: {err.problems[0]}")
