@@ -20,7 +20,7 @@ from PIL import Image
 from iddm_cli import __version__
 from iddm_cli.config.commands import COMMANDS, SampleConfig
 from iddm_cli.config.loader import name_problem
-from iddm_cli.core.checkpoint import load_stored, resolve_checkpoint
+from iddm_cli.core.checkpoint import load_stored, resolve_checkpoint, storage_error
 from iddm_cli.core.devices import parse_device, use_device, visible_gpus
 from iddm_cli.core.iddm_import import load_any
 from iddm_cli.core.images import PIL_FORMATS, save_grid, to_uint8
@@ -214,7 +214,10 @@ def generate(req: SampleRequest, progress: Callable[[int, int], None] | None = N
     n = len(labels) if labels is not None else req.num
     images = draw(loaded, labels, n, sampler=sampler, steps=steps, cfg_scale=cfg_scale, eta=req.eta, seed=req.seed,
                   batch_size=req.batch_size, device=device, progress=progress)
-    result = _write(req, ckpt, path, out_dir, images, labels, sampler, steps, cfg_scale, loaded.weights)
+    try:
+        result = _write(req, ckpt, path, out_dir, images, labels, sampler, steps, cfg_scale, loaded.weights)
+    except OSError as err:  # the disk filled or the folder went away after the pre-flight check
+        raise storage_error(err, Path(err.filename) if err.filename else out_dir) from None
     result.notes += [n for n in (converted, device_note, *loaded.notes, *result_notes) if n]
     return result
 

@@ -334,6 +334,23 @@ def test_sample_out_dot_is_checked_before_sampling(invoke, tmp_path, trained, mo
     assert (empty / "manifest.json").exists() and sorted(tmp_path.iterdir()) == [empty, tmp_path / "keep.txt"]
 
 
+def test_sample_disk_full_while_writing_is_one_line_and_exit_4(invoke, tmp_path, trained, monkeypatch):
+    from PIL import Image
+
+    real_save, calls = Image.Image.save, {"n": 0}
+
+    def filling(self, fp, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", filling)
+    result = invoke("sample", trained, "--out", tmp_path / "s", "--steps", "2", "--num", "2")
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 4 and lines == [f"error: cannot write {tmp_path / 's'}: disk full (ENOSPC)"], lines
+
+
 @pytest.mark.parametrize("args,fragment", [(["--image-size", "0"], "--image-size '0'"),
                                            (["--kind", "lmdb"], "Invalid value for '--kind'")])
 def test_bad_dataset_check_flags(invoke, cond_data, args, fragment):
@@ -348,6 +365,17 @@ def test_check_and_training_agree_on_one_empty_class_of_two(invoke, tmp_path):
     assert checked.exit_code == 3 and '"layout": "conditional"' in checked.output and "empty-class" in checked.output
     trained = invoke("dm", "train", "--dataset-path", data, "--result-path", tmp_path / "out", *TINY)
     assert trained.exit_code == 3 and "class folder" in trained.output and "/b has no images" in trained.output
+
+
+def test_a_class_of_unreadable_files_is_refused_by_training_as_by_check(invoke, tmp_path):
+    data = make_dataset(tmp_path / "d", ["a"])
+    (data / "b").mkdir()
+    (data / "b" / "fake.png").write_text("not an image")
+    (data / "b" / "zero.png").write_bytes(b"")
+    assert invoke("dataset", "check", data).exit_code == 3
+    trained = invoke("dm", "train", "--dataset-path", data, "--result-path", tmp_path / "out", *TINY)
+    assert trained.exit_code == 3 and "/b has no readable images" in trained.output, trained.output
+    assert not (tmp_path / "out").exists()
 
 
 # ----------------------------------------------------------------------------------------------- faults

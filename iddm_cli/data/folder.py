@@ -132,11 +132,7 @@ def _scan(dataset_path: str, conditional: bool | str, num_classes: int, strict: 
         samples = [(p, 0) for p in _images_in(root, recursive=True)]
     else:
         per_class = {d.name: _images_in(d, recursive=True) for d in classes}
-        empty = [name for name, imgs in per_class.items() if not imgs]
-        if empty:
-            raise DataError(f"class folder {root / empty[0]} has no images"
-                            + (f" (and {len(empty) - 1} more empty class folders)" if len(empty) > 1 else "")
-                            + "; add images, remove the folder, or train unconditionally with --no-conditional")
+        _refuse_empty_classes(root, [name for name, imgs in per_class.items() if not imgs], "images")
         class_names = list(per_class)
         samples = [(p, i) for i, name in enumerate(class_names) for p in per_class[name]]
         loose = _images_in(root, recursive=False)
@@ -158,7 +154,16 @@ def _scan(dataset_path: str, conditional: bool | str, num_classes: int, strict: 
         if not samples:
             raise DataError(f"no readable images in {root}")
     counts = {name: sum(1 for _, label in samples if label == i) for i, name in enumerate(class_names)}
+    _refuse_empty_classes(root, [name for name, n in counts.items() if not n], "readable images")
     return DatasetInfo(root, is_conditional, class_names, samples, channels, counts, notes, sizes)
+
+
+def _refuse_empty_classes(root: Path, empty: list[str], what: str) -> None:
+    """A class without training images would be sampled yet never learned: a data error, as in `dataset check`."""
+    if empty:
+        raise DataError(f"class folder {root / empty[0]} has no {what}"
+                        + (f" (and {len(empty) - 1} more such class folders)" if len(empty) > 1 else "")
+                        + "; add images, remove the folder, or train unconditionally with --no-conditional")
 
 
 def _inspect_headers(samples: list[tuple[Path, int]]) -> tuple[int, tuple[int, int, int], list[Path]]:
