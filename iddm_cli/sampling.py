@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from iddm_cli import __version__
-from iddm_cli.config.commands import COMMANDS, SampleConfig
+from iddm_cli.config.commands import COMMANDS, MODE_TEXT_REFUSED, SampleConfig
 from iddm_cli.config.loader import name_problem
 from iddm_cli.core.checkpoint import load_stored, resolve_checkpoint, storage_error
 from iddm_cli.core.devices import parse_device, use_device, visible_gpus
@@ -126,7 +126,7 @@ def check_iddm_flags(req: SampleRequest, ckpt: dict[str, Any]) -> None:
                 "computes only what it was trained as (drop the flag: iddm sample reads it from the checkpoint)"
                 for name in given if given[name] is not None and given[name] != stored[name]]
     if req.mode == "text":
-        problems.append("--mode text: text conditioning was a stub in IDDM and is not offered; use --mode class")
+        problems.append(MODE_TEXT_REFUSED)
     if req.latent and "latent" not in ckpt:
         problems.append("--latent: this checkpoint is a pixel-space model (drop the flag: iddm sample reads it from "
                         "the checkpoint)")

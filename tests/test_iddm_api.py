@@ -130,6 +130,11 @@ def test_an_iddm_generate_command_line_works(cond_run, tmp_path, monkeypatch):
     (["--no-conditional"], "--conditional False: the checkpoint says True"),
     (["--mode", "text"], "--mode text: text conditioning was a stub in IDDM"),
     (["--latent"], "--latent: this checkpoint is a pixel-space model"),
+    # IDDM's short forms of the same flags
+    (["-i", "16"], "--image-size (16, 16): the checkpoint says (8, 8)"),
+    (["-m", "text"], "--mode text: text conditioning was a stub in IDDM"),
+    (["-l"], "--latent: this checkpoint is a pixel-space model"),
+    (["-c", "-m", "class", "-i", "16"], "--image-size (16, 16)"),
     (["--generate_name", "../x"], "--generate-name '../x': expected a plain name (it has a path separator)"),
     (["--use_gpu", "0", "--device", "cpu"], "--use-gpu 0 contradicts --device cpu"),
 ])
@@ -137,3 +142,21 @@ def test_iddm_generate_flags_that_disagree_with_the_checkpoint(cond_run, tmp_pat
     result = sample(cond_run, "--steps", "2", "--out", tmp_path / "o", *args)
     assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
     assert not (tmp_path / "o").exists()
+
+
+def run_cli(*args):
+    from typer.testing import CliRunner
+
+    from iddm_cli.cli.app import app
+
+    return CliRunner().invoke(app, list(map(str, args)), catch_exceptions=False)
+
+
+def test_iddm_trainers_short_flags(tmp_path):
+    """train.py's --mode/-m (class only) and the autoencoder trainer's -s (seed) and -d (distributed)."""
+    printed = run_cli("dm", "train", "--profile", "demo", "-m", "class", "--print-config")
+    assert printed.exit_code == 0 and "\nmode =" not in printed.output  # IDDM's mode is no setting of a run
+    refused = run_cli("dm", "train", "--profile", "demo", "--mode", "text", "--dry-run")
+    assert refused.exit_code == 2 and "--mode text: text conditioning was a stub" in refused.output
+    vae = run_cli("vae", "train", "--profile", "vae-demo", "-s", "7", "-d", "--print-config")
+    assert vae.exit_code == 0 and "seed = 7" in vae.output and "distributed = true" in vae.output, vae.output

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from iddm_cli.cli.common import IddmCommand, command_from, err_console, report_errors
 from iddm_cli.config import check_runnable, resolve, to_toml
-from iddm_cli.config.commands import COMMANDS, RUN
+from iddm_cli.config.commands import COMMANDS, MODE_TEXT_REFUSED, RUN
 from iddm_cli.config.loader import Resolved
 from iddm_cli.config.schema import DM, Schema, schema_of
 from iddm_cli.errors import ConfigError
@@ -70,6 +70,8 @@ def train_command(options: dict[str, Any], schema: Schema = DM) -> None:
     flags = options  # the config keys
 
     def run() -> None:
+        if control.get("mode") == "text":
+            raise ConfigError(MODE_TEXT_REFUSED)
         profile = control["profile"]
         resolved = resolve(profile, control["sets"] or [], flags, schema)
         if control["explain"]:

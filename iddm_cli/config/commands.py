@@ -30,6 +30,8 @@ class RunOptions:
     explain: bool = opt(False, "Show where each setting came from, then continue.", off="")
     dry_run: bool = opt(False, "Check everything and print the plan, then exit; nothing is written.", off="")
     debug: bool = opt(False, "Show tracebacks (also IDDM_DEBUG=1).", off="")
+    mode: str = opt(None, "IDDM's conditioning mode: class, what every run here does (text was a stub in IDDM and is "
+                    "not offered).", kind="str", choices=C.GENERATE_MODES, short="-m", shown="class")
     force: bool = opt(False, "With --start-epoch: continue even though newer states exist; they are moved to "
                       "RUN/superseded-<time>/, never deleted.", off="")
 
@@ -87,18 +89,18 @@ class SampleConfig:
     # IDDM's generator took these from the checkpoint when it held them; here the checkpoint always does, and a
     # value that disagrees with it is refused with the checkpoint's value
     image_size: Any = opt(None, "IDDM's image size: must match the checkpoint's (images come at its size).",
-                          kind="size", metavar="SIZE", compat=True)
+                          kind="size", short="-i", metavar="SIZE", compat=True)
     network: str = opt(None, "IDDM's network: must match the checkpoint's.", kind="str", choices=C.NETWORKS,
                        compat=True)
     act: str = opt(None, "IDDM's activation: must match the checkpoint's.", kind="str", choices=C.ACTIVATIONS,
                    compat=True)
     num_classes: int = opt(None, "IDDM's class count: must match the checkpoint's.", kind="int", ge=0, compat=True)
     conditional: bool = opt(None, "IDDM's conditional switch: must match the checkpoint's.", kind="bool",
-                            compat=True)
+                            short="-c", compat=True)
     mode: str = opt(None, "IDDM's conditioning mode: class (text was a stub in IDDM and is not offered).",
-                    kind="str", choices=C.GENERATE_MODES, compat=True)
+                    kind="str", choices=C.GENERATE_MODES, short="-m", compat=True)
     latent: bool = opt(None, "IDDM's latent switch: accepted for a latent checkpoint (it says so itself).",
-                       kind="bool", off="", compat=True)
+                       kind="bool", off="", short="-l", compat=True)
 
 
 @dataclass(kw_only=True)
@@ -185,6 +187,9 @@ class DatasetGetConfig:
                      shown="all")
 
 
+# IDDM's --mode (train.py and generate.py): only class conditioning exists
+MODE_TEXT_REFUSED = "--mode text: text conditioning was a stub in IDDM and is not offered; use --mode class or drop it"
+
 RUN = specs_of({"run": RunOptions, "resume": ResumeTarget})
 SAMPLE = specs_of({"sample": SampleConfig})
 FID = specs_of({"fid": FidConfig})
@@ -201,7 +206,8 @@ COMMANDS: dict[str, dict[str, FieldSpec]] = {
     "dm train": {**pick(RUN, "profile", "sets", "dry_run", "print_config", "explain", "debug"),
                  "force": replace(RUN["force"], panel=COMPAT_PANEL),  # beside --resume and --start-epoch
                  **{name: spec for name, spec in FIELDS.items() if not spec.compat},
-                 **{name: spec for name, spec in FIELDS.items() if spec.compat}},  # IDDM's spellings last
+                 **{name: spec for name, spec in FIELDS.items() if spec.compat},  # IDDM's spellings last
+                 "mode": replace(RUN["mode"], panel=COMPAT_PANEL)},
     "vae train": {**pick(RUN, "profile", "sets", "dry_run", "print_config", "explain", "debug"),
                   "force": replace(RUN["force"], panel=COMPAT_PANEL),
                   **{name: spec for name, spec in AUTOENCODER_FIELDS.items() if not spec.compat},

@@ -259,7 +259,7 @@ class DeviceConfig:
     use_gpu: int = opt(-1, "IDDM's GPU index: the same as --device cuda:N (-1 = not set). Without a GPU, CPU is used.",
                        ge=-1, metavar="N", compat=True, resumable=True)
     distributed: bool = opt(False, "IDDM's DDP switch: the same as --devices all, or --devices WORLD_SIZE when "
-                                   "--world-size is given.", compat=True, resumable=True)
+                                   "--world-size is given.", short="-d", compat=True, resumable=True)
     main_gpu: int = opt(0, "IDDM's saving rank: accepted, but rank 0 always writes (it changes nothing else).", ge=0,
                        metavar="N", compat=True, resumable=True)
     world_size: int = opt(0, "IDDM's DDP process count: with --distributed, the same as --devices N (0 = all GPUs).",
@@ -351,6 +351,7 @@ class AutoencoderTrainConfig(TrainConfig):
                       short="-e", ge=1, le=1_000_000, resumable=True)
     run_name: str = opt("autoencoder", "Run directory name under result_path: one folder name.", short="-n",
                          metavar="NAME")
+    seed: int = opt(0, "Random seed.", short="-s", ge=0, le=2**63 - 1)  # IDDM's autoencoder trainer's -s
 
 
 @dataclass(kw_only=True)
