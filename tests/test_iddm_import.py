@@ -117,6 +117,18 @@ def test_pretrain_from_an_iddm_checkpoint(invoke, tmp_path):
     assert (ckpt["model"]["outc.weight"] - start).abs().max() < 0.01  # fine-tuned from IDDM's weights, not fresh
 
 
+def test_resuming_an_iddm_run_directory_says_how_to_go_on(invoke, tmp_path):
+    run = tmp_path / "iddm" / "df"
+    run.mkdir(parents=True)
+    (run / "ckpt_last.pt").write_bytes((FIXTURES / "unet_ckpt_last.pt").read_bytes())
+    for args in (["resume", run], ["dm", "train", "--resume", "--result-path", run.parent, "--run-name", "df"]):
+        result = invoke(*args)
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1 and f"{run} is an IDDM run" in lines[0], result.output
+        assert f"--pretrain-path {run / 'ckpt_last.pt'}" in lines[0] and "iddm convert" in lines[0]
+    assert sorted(p.name for p in run.iterdir()) == ["ckpt_last.pt"]
+
+
 def test_iddm_convert_writes_a_checkpoint(invoke, tmp_path):
     out = tmp_path / "converted.pt"
     src = FIXTURES / "cspdarkunet_ckpt_last.pt"

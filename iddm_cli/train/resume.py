@@ -18,12 +18,13 @@ import tomllib
 from iddm_cli.config import Config, config_from_dict
 from iddm_cli.config.loader import coerce, kind_of
 from iddm_cli.config.schema import SCHEMAS, schema_of
-from iddm_cli.core.checkpoint import load_checkpoint, load_stored, numbered_checkpoints
+from iddm_cli.core.checkpoint import load_checkpoint, load_stored, numbered_checkpoints, read_checkpoint_file
 from iddm_cli.core.devices import World
+from iddm_cli.core.iddm_import import is_iddm_checkpoint
 from iddm_cli.core.latent import LatentCodec, load_autoencoder
 from iddm_cli.core.rundir import RunLock
 from iddm_cli.data.folder import DatasetInfo
-from iddm_cli.errors import CheckpointError, ConfigError, DataError, first_line
+from iddm_cli.errors import CheckpointError, ConfigError, DataError, IddmError, first_line
 from iddm_cli.train.plan import Plan, plan_training
 
 if sys.version_info >= (3, 11):
@@ -70,6 +71,22 @@ def find_state(run_dir: Path, start_epoch: int = -1) -> tuple[Path, dict[str, An
                           + (f"; {notes[0]}" if notes else ""))
 
 
+def _not_a_run(run: Path) -> ConfigError:
+    """A folder without config.toml; an IDDM run directory (its ckpt_last.pt is IDDM's) gets the way forward."""
+    last = run / "ckpt_last.pt"
+    try:
+        from_iddm = last.is_file() and is_iddm_checkpoint(read_checkpoint_file(last))
+    except IddmError:
+        from_iddm = False
+    if not from_iddm:
+        return ConfigError(f"{run} is not a run directory (it has no config.toml)")
+    q = shlex.quote(str(last))
+    return ConfigError(f"{run} is an IDDM run: its checkpoint lacks what an exact resume needs (the noise "
+                       "schedule, data and training settings), so train on from its weights in a new run (iddm dm "
+                       f"train ... --pretrain --pretrain-path {q}), or write an iddm checkpoint once with: iddm "
+                       f"convert {q} OUT.pt")
+
+
 def plan_resume(run_dir: str | Path, overrides: dict[str, Any], start_epoch: int = -1, world: World | None = None,
                 data: DatasetInfo | None = None, force: bool = False) -> tuple[Plan, dict[str, Any], list[str]]:
     """(plan, state, notes). The checkpoint's own config is the truth; ``config.toml`` is the record written when
@@ -83,7 +100,7 @@ def plan_resume(run_dir: str | Path, overrides: dict[str, Any], start_epoch: int
         raise ConfigError(f"{run} does not exist: give the run directory to continue (RESULT_PATH/RUN_NAME)"
                           if not run.exists() else f"{run} is a file, not a run directory")
     if not toml.is_file():
-        raise ConfigError(f"{run} is not a run directory (it has no config.toml)")
+        raise _not_a_run(run)
     if world is None or world.is_main:
         RunLock(run).check()
     path, state, notes = find_state(run, start_epoch)
