@@ -343,7 +343,17 @@ def unused_settings(config: Any, conditional: bool) -> list[str]:
     """A note for each setting given a value (not its default) that this run has no use for."""
     reasons = {}
     if not config.save.save_model_interval:
-        reasons["keep_last"] = "save.save_model_interval is off, so no ckpt_NNN.pt are kept"
+        reasons |= dict.fromkeys(("keep_last", "save_model_interval_epochs", "start_model_interval"),
+                                 "save.save_model_interval is off, so no ckpt_NNN.pt are kept")
+    if not config.optim.ema_halflife_kimg:
+        reasons["ema_rampup"] = "optim.ema_halflife_kimg is 0, so the EMA follows optim.ema_decay"
+    if isinstance(config, Config):  # the autoencoder's grids are always drawn, and it has no evaluation
+        if not config.vis.vis:
+            reasons |= dict.fromkeys(("num_vis", "vis_steps", "vis_interval", "image_format"),
+                                     "vis.vis is off, so no preview grids are drawn")
+        if not config.eval.eval_interval:
+            reasons |= dict.fromkeys(("eval_num", "eval_steps", "eval_ref"),
+                                     "eval.eval_interval is 0, so training runs no evaluation")
     if config.optim.lr_func != "warmup_cosine":
         reasons["warmup_epochs"] = f"optim.lr_func = {config.optim.lr_func!r} has no warm-up (warmup_cosine has)"
     if not conditional:
