@@ -17,30 +17,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHELLS = {"bash": "iddm.bash", "zsh": "_iddm", "fish": "iddm.fish"}
 
-# Typer's zsh script only registers its function (compdef) when it runs. Autoloaded from fpath by compinit, that
-# run is the first TAB, which then completes nothing; complete at once in that case, as Click's own script does.
-ZSH_REGISTER = "compdef _iddm_completion iddm\n"
-ZSH_REGISTER_OR_COMPLETE = """\
-if [[ $zsh_eval_context[-1] == loadautofunc ]]; then
-  # autoloaded from fpath by compinit, on the first TAB: complete now
-  _iddm_completion "$@"
-else
-  # sourced: register the function for later
-  compdef _iddm_completion iddm
-fi
-"""
-
-
 def render(shell: str) -> str:
     """The script for ``shell``: no leading blank lines (zsh's compinit reads ``#compdef`` only on the first line),
     one trailing newline."""
     env = {**os.environ, "_IDDM_COMPLETE": f"source_{shell}"}
     out = subprocess.run([sys.executable, "-m", "iddm_cli"], env=env, capture_output=True, text=True, check=True)
     text = out.stdout.lstrip("\n").rstrip("\n") + "\n"
-    if shell == "zsh":
-        if not text.startswith("#compdef iddm\n") or not text.endswith(ZSH_REGISTER):
-            raise SystemExit("Typer's zsh script changed: check the '#compdef iddm' line and the compdef call")
-        text = text[: -len(ZSH_REGISTER)] + ZSH_REGISTER_OR_COMPLETE
+    if shell == "zsh" and (not text.startswith("#compdef iddm\n") or "loadautofunc" not in text):
+        # iddm_cli.cli.completion fixes Typer's zsh template; it leaves a template it does not know alone
+        raise SystemExit("Typer's zsh script changed: check the '#compdef iddm' line and the compdef call that "
+                         "iddm_cli/cli/completion.py replaces")
     return text
 
 

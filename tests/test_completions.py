@@ -110,23 +110,28 @@ def base_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
-def complete_in(argv: list[str], env: dict[str, str], tmp_path: Path) -> str:
-    """Type ``iddm dm tr<TAB>`` at the shell's prompt and return what the last word became. The shell runs in an
-    empty folder, so a fallback to file names completes nothing."""
+def complete_in(argv: list[str], env: dict[str, str], tmp_path: Path) -> list[str]:
+    """Type ``iddm dm tr<TAB>`` at the shell's prompt, twice (the first TAB may load the script, the second uses what
+    it loaded), and return what the last word became each time. The shell runs in an empty folder, so a fallback to
+    file names completes nothing."""
     cwd = tmp_path / "empty"
     cwd.mkdir()
     shell = Terminal(argv, env, cwd)
+    words, mark = [], 0
     try:
-        assert shell.expect(PROMPT.encode(), timeout=5), f"no prompt from {argv[0]}:\n{shell.text()}"
-        shell.settle()
-        mark = len(shell.output)
-        shell.send("iddm dm tr\t")
-        shell.expect(b"train", timeout=4, start=mark)  # the completion runs iddm (a Python start-up)
-        shell.settle()
-        shell.send("\x01printf '<%s>' \r")  # keys typed while a completion still runs wait for it
-        result = shell.expect(RESULT, timeout=8, start=mark)
-        assert result, f"the line never ran in {argv[0]}:\n{shell.text()}"
-        return result.group(1).decode()
+        for _ in range(2):
+            # the next prompt: the first one, then the one after the line typed last
+            assert shell.expect(PROMPT.encode(), timeout=5, start=mark), f"no prompt from {argv[0]}:\n{shell.text()}"
+            shell.settle()
+            mark = len(shell.output)
+            shell.send("iddm dm tr\t")
+            shell.expect(b"train", timeout=4, start=mark)  # the completion runs iddm (a Python start-up)
+            shell.settle()
+            shell.send("\x01printf '<%s>' \r")  # keys typed while a completion still runs wait for it
+            result = shell.expect(RESULT, timeout=8, start=mark)
+            assert result, f"the line never ran in {argv[0]}:\n{shell.text()}"
+            words.append(result.group(1).decode())
+        return words
     finally:
         shell.close()
 
@@ -145,7 +150,7 @@ def test_bash_completes_a_subcommand(tmp_path):
     env = {**base_env(tmp_path), "INPUTRC": str(tmp_path / "inputrc")}
     (tmp_path / "inputrc").write_text("")
     # --rcfile: this file instead of /etc/bash.bashrc and ~/.bashrc
-    assert complete_in([bash, "--noprofile", "--rcfile", str(rc), "-i"], env, tmp_path) == "train"
+    assert complete_in([bash, "--noprofile", "--rcfile", str(rc), "-i"], env, tmp_path) == ["train", "train"]
 
 
 def test_zsh_completes_a_subcommand(tmp_path):
@@ -165,7 +170,24 @@ def test_zsh_completes_a_subcommand(tmp_path):
     )
     env = {**base_env(tmp_path), "ZDOTDIR": str(zdot)}
     # --no-globalrcs: no /etc/zsh/zshrc (only /etc/zsh/zshenv, which zsh always reads); -e: emacs keys
-    assert complete_in([zsh, "--no-globalrcs", "-e", "-i"], env, tmp_path) == "train"
+    assert complete_in([zsh, "--no-globalrcs", "-e", "-i"], env, tmp_path) == ["train", "train"]
+
+
+def test_zsh_completes_after_iddm_install_completion(tmp_path):
+    """`iddm --install-completion` writes ~/.zfunc/_iddm and a .zshrc line; that script must complete from the
+    first TAB on, as the shipped one does."""
+    zsh = needs("zsh")
+    env = base_env(tmp_path)
+    home = Path(env["HOME"])
+    installed = subprocess.run([str(BIN / "iddm"), "--install-completion", "zsh"], capture_output=True, text=True,
+                               env={**env, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}, timeout=60)
+    assert installed.returncode == 0 and (home / ".zfunc" / "_iddm").is_file(), installed.stdout + installed.stderr
+    typers_lines = (home / ".zshrc").read_text()
+    assert "fpath+=~/.zfunc" in typers_lines
+    # any other _iddm on fpath (an installed copy) must not stand in
+    (home / ".zshrc").write_text("keep=()\nfor d in $fpath; do [[ -e $d/_iddm ]] || keep+=($d); done\nfpath=($keep)\n"
+                                 + typers_lines + f"\nPROMPT='{PROMPT}'\n")
+    assert complete_in([zsh, "--no-globalrcs", "-e", "-i"], env, tmp_path) == ["train", "train"]
 
 
 def test_fish_completes_a_subcommand(tmp_path):
@@ -177,4 +199,4 @@ def test_fish_completes_a_subcommand(tmp_path):
             f"function fish_prompt; printf '%s' '{PROMPT}'; end; "
             "set -g fish_greeting ''")
     env = base_env(tmp_path)
-    assert complete_in([fish, "--no-config", "-i", "-C", init], env, tmp_path) == "train"
+    assert complete_in([fish, "--no-config", "-i", "-C", init], env, tmp_path) == ["train", "train"]

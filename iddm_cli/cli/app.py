@@ -7,10 +7,12 @@ import typer
 from iddm_cli import __version__
 from iddm_cli.cli import dataset, dm, eval, vae
 from iddm_cli.cli.common import IddmCommand, command_from, settings_command
+from iddm_cli.cli.completion import fix_zsh_script
 from iddm_cli.cli.convert import convert_command
 from iddm_cli.cli.sample import sample_command
 from iddm_cli.config.commands import COMMANDS, ConvertConfig, SampleConfig
 
+fix_zsh_script()
 app = typer.Typer(
     name="iddm",
     help="Train and sample diffusion models on your own image folders.",
