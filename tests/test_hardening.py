@@ -367,6 +367,31 @@ def test_check_and_training_agree_on_one_empty_class_of_two(invoke, tmp_path):
     assert trained.exit_code == 3 and "class folder" in trained.output and "/b has no images" in trained.output
 
 
+def test_a_dangling_link_is_reported_by_training_as_by_check(invoke, tmp_path):
+    data = make_dataset(tmp_path / "d", ["a", "b"])
+    (data / "a" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    assert invoke("dataset", "check", data).exit_code == 3
+    planned = invoke("dm", "train", "--dataset-path", data, "--result-path", tmp_path / "out", *TINY, "--dry-run")
+    assert planned.exit_code == 0 and f"skipped, cannot be read as an image: {data / 'a' / 'gone.png'}" in \
+        " ".join(planned.output.split()), planned.output
+    strict = invoke("dm", "train", "--dataset-path", data, "--result-path", tmp_path / "out", *TINY, "--strict-data")
+    assert strict.exit_code == 3 and "1 file(s) cannot be read as images" in strict.output
+
+
+def test_a_run_inside_its_dataset_folder_is_refused(invoke, tmp_path):
+    from tests.test_vae import TINY_VAE, vae_folders
+
+    data = make_dataset(tmp_path / "d", None)
+    train, val = vae_folders(tmp_path / "ae")
+    before = {p for p in tmp_path.rglob("*")}
+    result = invoke("dm", "train", "--dataset-path", data, "--result-path", data / "results", *TINY)
+    assert result.exit_code == 2 and "inside the dataset folder" in result.output, result.output
+    result = invoke("vae", "train", "--train-dataset-path", train, "--val-dataset-path", val, "--result-path", val,
+                    *TINY_VAE)
+    assert result.exit_code == 2 and f"inside the dataset folder {val}" in result.output, result.output
+    assert set(tmp_path.rglob("*")) == before
+
+
 def test_a_class_of_unreadable_files_is_refused_by_training_as_by_check(invoke, tmp_path):
     data = make_dataset(tmp_path / "d", ["a"])
     (data / "b").mkdir()

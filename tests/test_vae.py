@@ -178,7 +178,7 @@ def _bad_cases(tmp: Path, autoencoder: Path, dm_ckpt: Path) -> list[tuple[list, 
     return [
         (vae + ["--val-dataset-path", tmp / "missing"], 3, "does not exist (data.val_dataset_path)"),
         (vae + ["--val-dataset-path", tmp / "empty"], 3, "no images"),
-        (vae, 2, "data.val_dataset_path: is not set"),
+        (vae, 2, "error: data.val_dataset_path is not set: give --val-dataset-path DIR"),
         (vae + ["--val-dataset-path", val_dir, "--image-size", "18"], 2, "not divisible by the down-sampling"),
         (vae + ["--val-dataset-path", val_dir, "--downsample", "6"], 2, "expected 4 or 8"),
         (vae + ["--val-dataset-path", val_dir, "--pretrain", "--pretrain-path", dm_ckpt], 2,
@@ -187,6 +187,8 @@ def _bad_cases(tmp: Path, autoencoder: Path, dm_ckpt: Path) -> list[tuple[list, 
         (dm + ["--autoencoder-ckpt", dm_ckpt], 2, "is a diffusion-model checkpoint, not an autoencoder"),
         (dm + ["--autoencoder-ckpt", tmp / "nope.pt"], 2, "does not exist"),
         (dm + ["--autoencoder-ckpt", autoencoder, "--image-size", "16"], 2, "use an image size divisible by 32"),
+        (dm + ["--autoencoder-ckpt", autoencoder, "--image-size", "18"], 2,
+         "18x18 images are not divisible by this autoencoder's down-sampling 4"),
         (["dm", "train", "--dataset-path", train_dir, "--cache-latents"], 2, "only applies to latent diffusion"),
     ]
 

@@ -465,8 +465,8 @@ def check_runnable(resolved: Resolved, data: bool = True) -> None:
     h, w = image_hw(c)
     if schema is VAE:
         for name in ("train_dataset_path", "val_dataset_path"):
-            if data and not getattr(c.data, name):
-                bad(name, f"is not set: give --{name.replace('_', '-')} DIR")
+            if data and not getattr(c.data, name):  # nothing set it, so no source to name
+                errors.append(f"{schema.fields[name].dotted} is not set: give --{name.replace('_', '-')} DIR")
         f = c.model.downsample
         if f not in (4, 8):
             bad("downsample", f"{f}: expected 4 or 8")

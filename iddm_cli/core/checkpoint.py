@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
@@ -185,8 +186,10 @@ def read_checkpoint_file(path: Path, map_location: str | torch.device = "cpu", c
     if content is None and not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        data = torch.load(io.BytesIO(content) if content is not None else path, map_location=map_location,
-                          weights_only=True)
+        with warnings.catch_warnings():  # torch warns of a pickle protocol it did not write (a foreign file) before
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # refusing it: the error says it
+            data = torch.load(io.BytesIO(content) if content is not None else path, map_location=map_location,
+                              weights_only=True)
     except pickle.UnpicklingError as err:
         lines = [x.strip() for x in str(err).splitlines()]
         unsafe = next((x for x in lines if "Unsupported global" in x), None)

@@ -75,8 +75,11 @@ def _visible(path: Path | str) -> bool:
 
 
 def _images_in(folder: Path, recursive: bool) -> list[Path]:
+    """Image files by name, and dangling links so named (the header check reports them as unreadable, as
+    `iddm dataset check` does, rather than leaving them out unsaid)."""
     pattern = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in pattern if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    return sorted(p for p in pattern if p.suffix.lower() in IMAGE_EXTENSIONS
+                  and (p.is_file() or (p.is_symlink() and not p.exists()))
                   and all(_visible(part) for part in p.relative_to(folder).parts))
 
 

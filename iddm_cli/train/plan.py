@@ -279,6 +279,8 @@ def plan_training(config: Any, run_dir: Path | None = None, world: World | None 
         if problem:
             raise ConfigError(f"train.result_path: cannot {'write in' if run_dir.is_dir() else 'create'} {run_dir}: "
                               f"{problem}")
+        if new_run:
+            _refuse_run_inside_data(run_dir, data, val)
     amp_dtype, use_scaler, amp_note = select_amp(device, config.optim.amp)
     if config.optim.compile:
         check_compile(device)
@@ -337,6 +339,17 @@ def plan_training(config: Any, run_dir: Path | None = None, world: World | None 
     return Plan(config, data, device, amp_dtype, use_scaler, (h, w),
                 {"name": config.model.network, "kwargs": kwargs}, model, steps_per_epoch, run_dir, layout,
                 world_size, notes, val=val, codec=codec)
+
+
+def _refuse_run_inside_data(run_dir: Path, *datasets: DatasetInfo | None) -> None:
+    """A run inside its own dataset folder would have its grids (and any image it writes) read back as training
+    images by the next run or resume: refused before anything is written."""
+    target = run_dir.resolve()
+    for data in datasets:
+        if data is not None and target.is_relative_to(data.root.resolve()):
+            raise ConfigError(f"train.result_path: the run would go to {run_dir}, inside the dataset folder "
+                              f"{data.root}, whose images it then trains on, its own preview grids included; "
+                              "choose a --result-path outside it")
 
 
 def unused_settings(config: Any, conditional: bool) -> list[str]:
@@ -399,7 +412,10 @@ def _check_codec(config: Config, codec: LatentCodec, data: DatasetInfo, size: tu
     f, divisor = codec.downsample, NETWORKS[config.model.network].size_divisor
     if h % (f * divisor) or w % (f * divisor):
         step = f * divisor
-        raise ConfigError(f"data.image_size: {h}x{w} images give {h // f}x{w // f} latents with this autoencoder "
-                          f"(down-sampling {f}), which the {config.model.network} network needs divisible by "
-                          f"{divisor}: use an image size divisible by {step} (try {max(step, round(h / step) * step)})")
+        latents = (f"give {h // f}x{w // f} latents with this autoencoder (down-sampling {f}), which the "
+                   f"{config.model.network} network needs divisible by {divisor}" if not (h % f or w % f) else
+                   f"are not divisible by this autoencoder's down-sampling {f}, and the {config.model.network} "
+                   f"network needs latents divisible by {divisor}")
+        raise ConfigError(f"data.image_size: {h}x{w} images {latents}: use an image size divisible by {step} "
+                          f"(try {max(step, round(h / step) * step)})")
     return codec.latent_channels
