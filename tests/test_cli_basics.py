@@ -53,4 +53,7 @@ def test_completion_offers_commands_choices_and_profiles():
 
     assert complete("iddm dm tr", 2) == ["train"]
     assert complete("iddm dm train --network ", 4) == ["unet", "cspdarkunet", "adm-xs", "adm-s", "adm-m"]
-    assert {"demo", "cpu-32", "cifar10", "landscape", "ci-smoke"} <= set(complete("iddm dm train --profile ", 4))
+    dm_profiles = set(complete("iddm dm train --profile ", 4))
+    assert {"demo", "cpu-32", "cifar10", "landscape", "ci-smoke", "latent-demo"} <= dm_profiles
+    assert not {"vae-demo", "neu-det"} & dm_profiles  # each trainer is offered its own profiles
+    assert complete("iddm vae train --profile ", 4) == ["neu-det", "vae-demo"]

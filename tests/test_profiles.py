@@ -7,7 +7,7 @@ import re
 import pytest
 
 from iddm_cli.config.commands import RUN
-from iddm_cli.config.loader import available_profiles, load_profile_chain, shipped_profile_dir
+from iddm_cli.config.loader import available_profiles, profile_kind, shipped_profile_dir
 from tests.conftest import make_dataset
 
 SHIPPED = ["demo", "cpu-32", "cifar10", "landscape", "ci-smoke"]
@@ -22,8 +22,17 @@ def test_the_profiles_ship():
 def test_the_profile_help_names_every_shipped_profile_under_its_command():
     dm_part, vae_part = (set(re.split(r"[\s,;:()]+", part)) for part in RUN["profile"].help.split("vae train:"))
     for path in shipped_profile_dir().glob("*.toml"):
-        kind = next((data["kind"] for _, data in reversed(load_profile_chain(str(path))) if "kind" in data), "dm")
-        assert path.stem in (vae_part if kind == "vae" else dm_part), path.stem
+        assert path.stem in (vae_part if profile_kind(str(path)) == "vae" else dm_part), path.stem
+
+
+def test_user_profiles_live_under_xdg_config_home(invoke, tmp_path, monkeypatch):
+    folder = tmp_path / "cfg" / "iddm" / "profiles"
+    folder.mkdir(parents=True)
+    (folder / "mine.toml").write_text('extends = "demo"\n[optim]\nlr = 5e-4\n')
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    result = invoke("dm", "train", "--profile", "mine", "--print-config")
+    assert result.exit_code == 0 and "lr = 0.0005" in result.output, result.output
+    assert profile_kind("mine") == "dm" and profile_kind("vae-demo") == "vae" and profile_kind("nope") is None
 
 
 @pytest.mark.parametrize("name", SHIPPED + LATENT + AUTOENCODER)

@@ -75,13 +75,16 @@ def report_errors(fn: Callable[[], Any], debug: bool | None) -> Any:
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
 
 
-def _complete_profiles(incomplete: str) -> list[str]:
-    from iddm_cli.config.loader import available_profiles
+def _complete_profiles(ctx: typer.Context, incomplete: str) -> list[str]:
+    """The profiles for this trainer (`dm train` or `vae train`)."""
+    from iddm_cli.config.loader import available_profiles, profile_kind
 
-    return [name for name in available_profiles() if name.startswith(incomplete)]
+    kind = ctx.parent.info_name if ctx.parent is not None else None
+    return [name for name in available_profiles() if name.startswith(incomplete)
+            and (kind not in ("dm", "vae") or profile_kind(name) == kind)]
 
 
-COMPLETERS: dict[str, Callable[[str], list[str]]] = {"profiles": _complete_profiles}  # FieldSpec.complete -> it
+COMPLETERS: dict[str, Callable[..., list[str]]] = {"profiles": _complete_profiles}  # FieldSpec.complete -> it
 
 
 def parameter_for(spec: FieldSpec) -> inspect.Parameter:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass, replace
@@ -28,7 +29,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 MAX_EXTENDS_DEPTH = 8
-USER_PROFILE_DIR = Path("~/.config/iddm/profiles").expanduser()
 
 # Common spellings from other trainers that difflib cannot guess.
 ALIASES = {
@@ -55,9 +55,15 @@ def shipped_profile_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "profiles"
 
 
+def user_profile_dir() -> Path:
+    """``$XDG_CONFIG_HOME/iddm/profiles`` (``~/.config/iddm/profiles`` when unset), as the FID cache follows
+    ``$XDG_CACHE_HOME``."""
+    return Path(os.environ.get("XDG_CONFIG_HOME") or "~/.config").expanduser() / "iddm" / "profiles"
+
+
 def available_profiles() -> dict[str, Path]:
     found: dict[str, Path] = {}
-    for folder in (USER_PROFILE_DIR, shipped_profile_dir()):  # shipped names win over user ones
+    for folder in (user_profile_dir(), shipped_profile_dir()):  # shipped names win over user ones
         if folder.is_dir():
             found.update({p.stem: p for p in sorted(folder.glob("*.toml"))})
     return found
@@ -137,6 +143,15 @@ def kind_of(data: dict[str, Any]) -> str:
     """The trainer a profile, config.toml or stored config is for: its top-level ``kind`` ("dm" when absent)."""
     kind = data.get("kind", "dm")
     return kind if isinstance(kind, str) and kind in SCHEMAS else "dm"
+
+
+def profile_kind(name: str) -> str | None:
+    """The trainer a profile is for (its own or its nearest ancestor's ``kind``), or None when it cannot be read."""
+    try:
+        chain = load_profile_chain(name)
+    except ConfigError:
+        return None
+    return next((kind_of(data) for _, data in reversed(chain) if "kind" in data), "dm")
 
 
 def check_kind(chain: list[tuple[Path, dict[str, Any]]], schema: Schema) -> None:
