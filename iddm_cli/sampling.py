@@ -217,7 +217,8 @@ def generate(req: SampleRequest, progress: Callable[[int, int], None] | None = N
     try:
         result = _write(req, ckpt, path, out_dir, images, labels, sampler, steps, cfg_scale, loaded.weights)
     except OSError as err:  # the disk filled or the folder went away after the pre-flight check
-        raise storage_error(err, Path(err.filename) if err.filename else out_dir) from None
+        raise storage_error(err, Path(err.filename) if err.filename else out_dir,
+                            f"{out_dir} may hold some of the images: remove it, or give another --out") from None
     result.notes += [n for n in (converted, device_note, *loaded.notes, *result_notes) if n]
     return result
 

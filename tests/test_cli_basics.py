@@ -45,9 +45,10 @@ def test_completion_scripts_match_the_app():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_completion_offers_commands_choices_and_profiles():
+def test_completion_offers_commands_choices_and_profiles(tmp_path):
     def complete(words: str, cword: int) -> list[str]:
-        env = {**os.environ, "COMP_WORDS": words, "COMP_CWORD": str(cword), "_IDDM_COMPLETE": "complete_bash"}
+        env = {**os.environ, "COMP_WORDS": words, "COMP_CWORD": str(cword), "_IDDM_COMPLETE": "complete_bash",
+               "XDG_CONFIG_HOME": str(tmp_path)}  # the shipped profiles only, whatever this machine's user has
         out = subprocess.run([sys.executable, "-m", "iddm_cli"], env=env, capture_output=True, text=True)
         return out.stdout.split()
 

@@ -348,7 +348,9 @@ def test_sample_disk_full_while_writing_is_one_line_and_exit_4(invoke, tmp_path,
     monkeypatch.setattr(Image.Image, "save", filling)
     result = invoke("sample", trained, "--out", tmp_path / "s", "--steps", "2", "--num", "2")
     lines = result.output.strip().splitlines()
-    assert result.exit_code == 4 and lines == [f"error: cannot write {tmp_path / 's'}: disk full (ENOSPC)"], lines
+    assert result.exit_code == 4 and lines == [f"error: cannot write {tmp_path / 's'}: disk full (ENOSPC); "
+                                               f"{tmp_path / 's'} may hold some of the images: remove it, or give "
+                                               "another --out"], lines
 
 
 @pytest.mark.parametrize("args,fragment", [(["--image-size", "0"], "--image-size '0'"),
@@ -385,10 +387,22 @@ def test_a_run_inside_its_dataset_folder_is_refused(invoke, tmp_path):
     train, val = vae_folders(tmp_path / "ae")
     before = {p for p in tmp_path.rglob("*")}
     result = invoke("dm", "train", "--dataset-path", data, "--result-path", data / "results", *TINY)
-    assert result.exit_code == 2 and "inside the dataset folder" in result.output, result.output
+    assert result.exit_code == 2 and f"inside data.dataset_path ({data}), whose images it trains on" in \
+        " ".join(result.output.split()), result.output
+    assert set(tmp_path.rglob("*")) == before
+    # a conditional dataset that holds an earlier run's folder: refused as such, not taken for a class without images
+    (data / "a").mkdir()
+    (data / "b").mkdir()
+    for name in ("a", "b"):
+        (data / name / "x.png").write_bytes((next(data.glob("*.png"))).read_bytes())
+    (data / "results" / "old").mkdir(parents=True)
+    before = {p for p in tmp_path.rglob("*")}
+    result = invoke("dm", "train", "--dataset-path", data, "--result-path", data / "results", *TINY)
+    assert result.exit_code == 2 and "inside data.dataset_path" in result.output, result.output
     result = invoke("vae", "train", "--train-dataset-path", train, "--val-dataset-path", val, "--result-path", val,
                     *TINY_VAE)
-    assert result.exit_code == 2 and f"inside the dataset folder {val}" in result.output, result.output
+    assert result.exit_code == 2 and f"inside data.val_dataset_path ({val}), whose images it validates on" in \
+        " ".join(result.output.split()), result.output
     assert set(tmp_path.rglob("*")) == before
 
 

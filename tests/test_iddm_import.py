@@ -127,6 +127,10 @@ def test_resuming_an_iddm_run_directory_says_how_to_go_on(invoke, tmp_path):
         assert result.exit_code == 2 and len(lines) == 1 and f"{run} is an IDDM run" in lines[0], result.output
         assert f"--pretrain-path {run / 'ckpt_last.pt'}" in lines[0] and "iddm convert" in lines[0]
     assert sorted(p.name for p in run.iterdir()) == ["ckpt_last.pt"]
+    torch.save({**_iddm("unet"), "latent": True}, run / "ckpt_last.pt")  # no command here takes this one
+    result = invoke("resume", run)
+    assert result.exit_code == 2 and "cannot be resumed, and its weights do not convert" in result.output
+    assert "latent-diffusion checkpoint" in result.output and "--pretrain-path" not in result.output
 
 
 def test_iddm_convert_writes_a_checkpoint(invoke, tmp_path):

@@ -2,8 +2,8 @@
 
 Typer's script only registers its function (``compdef``) when it runs. Autoloaded by compinit, that run is the
 first TAB, which then completes nothing, and every later TAB runs the file again and only registers once more. The
-fixed script, when autoloaded, makes ``_iddm`` the completion function itself and completes at once (as Click's
-own script does); sourced, it registers as before. ``iddm --install-completion``, ``--show-completion``,
+fixed script, when autoloaded, makes ``_iddm`` the completion function itself and completes at once; sourced, it
+registers as before. ``iddm --install-completion``, ``--show-completion``,
 ``_IDDM_COMPLETE=source_zsh`` and the shipped ``completions/_iddm`` (written by ``scripts/gen_completions.py``) all
 give this script.
 """
@@ -17,7 +17,7 @@ REGISTER_OR_COMPLETE = """\
 if [[ $zsh_eval_context[-1] == loadautofunc ]]; then
   # autoloaded from fpath by compinit, on the first TAB: _%(prog_name)s becomes the completion itself (else every
   # later TAB would run this file again and only register), then complete now
-  _%(prog_name)s() { %(complete_func)s "$@" }
+  _%(prog_name)s() { %(complete_func)s "$@"; }
   %(complete_func)s "$@"
 else
   # sourced: register the function for later

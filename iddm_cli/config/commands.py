@@ -21,7 +21,8 @@ class RunOptions:
     PANEL: ClassVar[str] = "Run"
 
     profile: str = opt(None, "A shipped profile (dm train: demo, cpu-32, latent-demo, cifar10, landscape, "
-                       "ci-smoke; vae train: vae-demo, neu-det), one in ~/.config/iddm/profiles/, or a .toml file.",
+                       "ci-smoke; vae train: vae-demo, neu-det), one in ~/.config/iddm/profiles/ "
+                       "($XDG_CONFIG_HOME/iddm/profiles/ when set), or a .toml file.",
                        kind="str", short="-p", metavar="NAME|FILE",
                        complete="profiles")
     sets: list = opt([], "Override one key (value parsed as TOML), e.g. --set optim.lr=1e-4. Repeatable; flags win.",

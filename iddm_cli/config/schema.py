@@ -135,6 +135,10 @@ ONE_EMA = (one_choice("--ema-decay and --ema-halflife-kimg", "the EMA", "a half-
            + "; given in one layer, a half-life above 0 wins.")
 
 
+def _seed(short: str | None = None) -> Any:
+    return opt(0, "Random seed.", short=short, ge=0, le=2**63 - 1)
+
+
 def _lr(default: float) -> Any:
     return opt(default, "Peak learning rate.", gt=0.0, le=10.0)
 
@@ -179,7 +183,7 @@ class OptimConfig:
 class TrainConfig:
     PANEL: ClassVar[str] = "Training"
 
-    seed: int = opt(0, "Random seed.", ge=0, le=2**63 - 1)
+    seed: int = _seed()
     epochs: int = opt(300, "Epochs to train; on resume, a new count sets where a run planned in epochs ends.",
                       short="-e", ge=1, le=1_000_000, resumable=True)
     max_time: str = opt("", "Train for a wall-clock budget instead of --epochs: 90s, 10m, 2h, 1h30m. The first steps "
@@ -351,7 +355,7 @@ class AutoencoderTrainConfig(TrainConfig):
                       short="-e", ge=1, le=1_000_000, resumable=True)
     run_name: str = opt("autoencoder", "Run directory name under result_path: one folder name.", short="-n",
                          metavar="NAME")
-    seed: int = opt(0, "Random seed.", short="-s", ge=0, le=2**63 - 1)  # IDDM's autoencoder trainer's -s
+    seed: int = _seed(short="-s")  # IDDM's autoencoder trainer's -s (its diffusion trainer's -s is --sample)
 
 
 @dataclass(kw_only=True)

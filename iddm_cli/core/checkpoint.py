@@ -90,13 +90,15 @@ class _Recorder:
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM, errno.EFBIG)
 
 
-def storage_error(err: OSError, path: Path) -> StorageError:
+def storage_error(err: OSError, path: Path, then: str | None = None) -> StorageError:
     """'cannot write PATH: disk full (ENOSPC); the previous checkpoint is kept': one line naming the file and the
-    errno (the last sentence only where the run has a checkpoint)."""
+    errno, then ``then``, or by default (a training run's write) that last sentence where the run has a checkpoint."""
     code = errno.errorcode.get(err.errno or 0, "")
     what = "disk full" if err.errno == errno.ENOSPC else (err.strerror or str(err)).lower()
     folder = path if path.is_dir() else path.parent
-    kept = "; the previous checkpoint is kept" if (folder / "ckpt_last.pt").exists() else ""
+    if then is None:
+        then = "the previous checkpoint is kept" if (folder / "ckpt_last.pt").exists() else ""
+    kept = f"; {then}" if then else ""
     return StorageError(f"cannot write {path}: {what}" + (f" ({code})" if code else "") + kept)
 
 

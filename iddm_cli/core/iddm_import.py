@@ -158,7 +158,7 @@ def convert_state(network: str, state: dict[str, torch.Tensor], own: dict[str, t
     return out, report
 
 
-def _settings(data: dict[str, Any], path: Path) -> tuple[str, str, tuple[int, int], list[str]]:
+def iddm_settings(data: dict[str, Any], path: Path) -> tuple[str, str, tuple[int, int], list[str]]:
     """(network, act, (h, w), class names) from an IDDM checkpoint, refusing what no network here computes."""
     network, act = data["network"], data["act"]
     if network not in KEY_MAPS:
@@ -199,7 +199,7 @@ def convert(data: dict[str, Any], path: Path | str, noise_schedule: str = "linea
 
 
 def _convert(data: dict[str, Any], path: Path, noise_schedule: str, noise_steps: int) -> Conversion:
-    network, act, (h, w), names = _settings(data, path)
+    network, act, (h, w), names = iddm_settings(data, path)
     first = {"unet": "inc.double_conv.0.weight", "cspdarkunet": "down1.conv_csp.0.conv.weight"}[network]
     if not isinstance(data["model"], dict) or not all(isinstance(v, torch.Tensor) for v in data["model"].values()):
         raise CheckpointError(f"{path}: its 'model' is not a state dict of tensors")

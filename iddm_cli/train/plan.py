@@ -25,7 +25,7 @@ from iddm_cli.core.devices import Layout, World, loader_workers, plan_layout
 from iddm_cli.core.iddm_import import load_any
 from iddm_cli.core.latent import LatentCodec, autoencoder_file, load_autoencoder
 from iddm_cli.core.rundir import check_free_space, check_writable, claim_run_dir, plan_run_dir
-from iddm_cli.data.folder import DatasetInfo, scan_dataset
+from iddm_cli.data.folder import DatasetInfo, resolve_dataset_path, scan_dataset
 from iddm_cli.diffusion.schedule import PREDICTIONS
 from iddm_cli.errors import ConfigError, DataError
 from iddm_cli.metrics.fid import inception_path
@@ -262,6 +262,10 @@ def plan_training(config: Any, run_dir: Path | None = None, world: World | None 
     world_size = world.size if world is not None and world.launched else layout.nproc
     device = layout.device(world)
     vae = schema_of(config) is VAE
+    dir_note, new_run = None, run_dir is None
+    if run_dir is None:
+        run_dir, dir_note = plan_run_dir(config.train.result_path, config.train.run_name)
+        _refuse_run_inside_data(run_dir, config, vae)  # before scanning: a folder of old runs would read as a class
     if data is None and vae:
         data = scan_dataset(config.data.train_dataset_path, False, 0, config.data.strict_data, classes,
                             key="data.train_dataset_path")
@@ -271,16 +275,11 @@ def plan_training(config: Any, run_dir: Path | None = None, world: World | None 
     if vae and val is None:
         val = scan_dataset(config.data.val_dataset_path, False, 0, config.data.strict_data, [],
                            key="data.val_dataset_path")
-    dir_note, new_run = None, run_dir is None
-    if run_dir is None:
-        run_dir, dir_note = plan_run_dir(config.train.result_path, config.train.run_name)
     if world is None or world.is_main:
         problem = check_writable(run_dir)
         if problem:
             raise ConfigError(f"train.result_path: cannot {'write in' if run_dir.is_dir() else 'create'} {run_dir}: "
                               f"{problem}")
-        if new_run:
-            _refuse_run_inside_data(run_dir, data, val)
     amp_dtype, use_scaler, amp_note = select_amp(device, config.optim.amp)
     if config.optim.compile:
         check_compile(device)
@@ -341,15 +340,20 @@ def plan_training(config: Any, run_dir: Path | None = None, world: World | None 
                 world_size, notes, val=val, codec=codec)
 
 
-def _refuse_run_inside_data(run_dir: Path, *datasets: DatasetInfo | None) -> None:
-    """A run inside its own dataset folder would have its grids (and any image it writes) read back as training
-    images by the next run or resume: refused before anything is written."""
+def _refuse_run_inside_data(run_dir: Path, config: Any, vae: bool) -> None:
+    """A new run inside a dataset folder would have its grids read back as images by the next run or resume (and
+    its folder taken for a class): refused before anything is scanned or written."""
+    keys = ("train_dataset_path", "val_dataset_path") if vae else ("dataset_path",)
     target = run_dir.resolve()
-    for data in datasets:
-        if data is not None and target.is_relative_to(data.root.resolve()):
-            raise ConfigError(f"train.result_path: the run would go to {run_dir}, inside the dataset folder "
-                              f"{data.root}, whose images it then trains on, its own preview grids included; "
-                              "choose a --result-path outside it")
+    for key in keys:
+        value = getattr(config.data, key)
+        if not value:
+            continue  # the scan says it is not set
+        root = resolve_dataset_path(value, f"data.{key}")
+        if target.is_relative_to(root.resolve()):
+            uses = "validates on" if key == "val_dataset_path" else "trains on"
+            raise ConfigError(f"train.result_path: the run would go to {run_dir}, inside data.{key} ({root}), whose "
+                              f"images it {uses}, its own preview grids included; choose a --result-path outside it")
 
 
 def unused_settings(config: Any, conditional: bool) -> list[str]:

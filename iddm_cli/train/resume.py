@@ -20,7 +20,7 @@ from iddm_cli.config.loader import coerce, kind_of
 from iddm_cli.config.schema import SCHEMAS, schema_of
 from iddm_cli.core.checkpoint import load_checkpoint, load_stored, numbered_checkpoints, read_checkpoint_file
 from iddm_cli.core.devices import World
-from iddm_cli.core.iddm_import import is_iddm_checkpoint
+from iddm_cli.core.iddm_import import iddm_settings, is_iddm_checkpoint
 from iddm_cli.core.latent import LatentCodec, load_autoencoder
 from iddm_cli.core.rundir import RunLock
 from iddm_cli.data.folder import DatasetInfo
@@ -75,11 +75,15 @@ def _not_a_run(run: Path) -> ConfigError:
     """A folder without config.toml; an IDDM run directory (its ckpt_last.pt is IDDM's) gets the way forward."""
     last = run / "ckpt_last.pt"
     try:
-        from_iddm = last.is_file() and is_iddm_checkpoint(read_checkpoint_file(last))
+        data = read_checkpoint_file(last) if last.is_file() else None
     except IddmError:
-        from_iddm = False
-    if not from_iddm:
+        data = None
+    if not is_iddm_checkpoint(data):
         return ConfigError(f"{run} is not a run directory (it has no config.toml)")
+    try:
+        iddm_settings(data, last)  # one that no command here can take says why instead
+    except CheckpointError as err:
+        return ConfigError(f"{run} is an IDDM run, which cannot be resumed, and its weights do not convert: {err}")
     q = shlex.quote(str(last))
     return ConfigError(f"{run} is an IDDM run: its checkpoint lacks what an exact resume needs (the noise "
                        "schedule, data and training settings), so train on from its weights in a new run (iddm dm "
