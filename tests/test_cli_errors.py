@@ -112,3 +112,18 @@ def test_boolean_flags_can_be_switched_off(invoke):
     assert "conditional = false" in result.output and "vis = false" in result.output
     result = invoke("dm", "train", "--profile", "cifar10", "--no_conditional", "--print-config")
     assert "conditional = false" in result.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["smaple"], "error: No such command 'smaple'. Did you mean 'sample'? (see: iddm --help)"),
+    (["dm", "trian"], "error: No such command 'trian'. Did you mean 'train'? (see: iddm dm --help)"),
+    (["--bogus"], "error: No such option: --bogus (see: iddm --help)"),
+])
+def test_an_unknown_command_or_group_option_is_one_line(invoke, args, message):
+    result = invoke(*args)
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [message], result.output
+
+
+def test_a_bare_group_still_shows_its_help(invoke):
+    result = invoke("dm")
+    assert "Usage: iddm dm" in result.output and "train" in result.output and "error:" not in result.output

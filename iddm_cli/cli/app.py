@@ -6,7 +6,7 @@ import typer
 
 from iddm_cli import __version__
 from iddm_cli.cli import dataset, dm, eval, vae
-from iddm_cli.cli.common import IddmCommand, command_from, settings_command
+from iddm_cli.cli.common import IddmCommand, IddmGroup, command_from, settings_command
 from iddm_cli.cli.completion import fix_zsh_script
 from iddm_cli.cli.convert import convert_command
 from iddm_cli.cli.sample import sample_command
@@ -15,6 +15,7 @@ from iddm_cli.config.commands import COMMANDS, ConvertConfig, SampleConfig
 fix_zsh_script()
 app = typer.Typer(
     name="iddm",
+    cls=IddmGroup,
     help="Train and sample diffusion models on your own image folders.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,

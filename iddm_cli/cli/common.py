@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Literal, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
 
 from iddm_cli.config.fields import FieldSpec
 from iddm_cli.errors import ExitCode, IddmError
@@ -39,15 +40,36 @@ class IddmCommand(TyperCommand):
             if name.startswith("--") and "_" in name and name.replace("_", "-") in known:
                 arg = name.replace("_", "-") + eq + value
             fixed.append(arg)
-        try:
+        with _usage_errors_in_one_line(ctx):
             return super().parse_args(ctx, fixed)
-        except _USAGE_ERROR as err:  # a bad flag or value: one line, like every other error, instead of a box
-            if ctx.resilient_parsing:  # shell completion parses half-typed lines
-                raise
-            message = " ".join(err.format_message().split())
-            err_console.print(f"[bold red]error:[/] {escape(message)} (see: {escape(ctx.command_path)} --help)",
-                              soft_wrap=True)
-            raise typer.Exit(int(ExitCode.USAGE)) from None
+
+
+class IddmGroup(TyperGroup):
+    """A command group that reports an unknown command or option in one line with exit code 2, as IddmCommand
+    does."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        with _usage_errors_in_one_line(ctx):
+            return super().parse_args(ctx, args)
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        with _usage_errors_in_one_line(ctx):
+            return super().resolve_command(ctx, args)
+
+
+@contextmanager
+def _usage_errors_in_one_line(ctx: Any) -> Iterator[None]:
+    """A bad command, flag or value: one line, like every other error, instead of Click's box."""
+    try:
+        yield
+    except _USAGE_ERROR as err:
+        # shell completion parses half-typed lines; a group called bare shows its help (click's NoArgsIsHelpError)
+        if ctx.resilient_parsing or type(err).__name__ == "NoArgsIsHelpError":
+            raise
+        message = " ".join(err.format_message().split())
+        err_console.print(f"[bold red]error:[/] {escape(message)} (see: {escape(ctx.command_path)} --help)",
+                          soft_wrap=True)
+        raise typer.Exit(int(ExitCode.USAGE)) from None
 
 
 def debug_enabled(flag: bool | None = None) -> bool:

@@ -10,11 +10,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from iddm_cli.cli.common import IddmCommand, err_console, settings_command
+from iddm_cli.cli.common import IddmCommand, IddmGroup, err_console, settings_command
 from iddm_cli.config.commands import COMMANDS, DatasetCheckConfig, DatasetGetConfig
 from iddm_cli.errors import ExitCode
 
-app = typer.Typer(help="Dataset tools.", no_args_is_help=True)
+app = typer.Typer(cls=IddmGroup, help="Dataset tools.", no_args_is_help=True)
 
 
 def check_command(settings: DatasetCheckConfig) -> None:

@@ -11,14 +11,14 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from iddm_cli.cli.common import IddmCommand, command_from, err_console, report_errors
+from iddm_cli.cli.common import IddmCommand, IddmGroup, command_from, err_console, report_errors
 from iddm_cli.config import check_runnable, resolve, to_toml
 from iddm_cli.config.commands import COMMANDS, MODE_TEXT_REFUSED, RUN
 from iddm_cli.config.loader import Resolved
 from iddm_cli.config.schema import DM, Schema, schema_of
 from iddm_cli.errors import ConfigError
 
-app = typer.Typer(help="Diffusion models, in pixel or latent space.", no_args_is_help=True)
+app = typer.Typer(cls=IddmGroup, help="Diffusion models, in pixel or latent space.", no_args_is_help=True)
 
 
 def explain_table(resolved: Resolved) -> Table:

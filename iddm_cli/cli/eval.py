@@ -10,10 +10,10 @@ from typing import Any
 
 import typer
 
-from iddm_cli.cli.common import IddmCommand, err_console, settings_command
+from iddm_cli.cli.common import IddmCommand, IddmGroup, err_console, settings_command
 from iddm_cli.config.commands import COMMANDS, FidConfig, ReconstructionEvalConfig
 
-app = typer.Typer(help="Measure sample quality (FID, KID) offline.", no_args_is_help=True)
+app = typer.Typer(cls=IddmGroup, help="Measure sample quality (FID, KID) offline.", no_args_is_help=True)
 
 
 def _with_progress(work: Callable[[Callable[[str, int, int], None]], Any]) -> Any:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import typer
 
-from iddm_cli.cli.common import IddmCommand, command_from
+from iddm_cli.cli.common import IddmCommand, IddmGroup, command_from
 from iddm_cli.cli.dm import train_command
 from iddm_cli.config.commands import COMMANDS
 from iddm_cli.config.schema import VAE
 
-app = typer.Typer(help="Autoencoders for latent diffusion.", no_args_is_help=True)
+app = typer.Typer(cls=IddmGroup, help="Autoencoders for latent diffusion.", no_args_is_help=True)
 
 app.command(
     "train", cls=IddmCommand, short_help="Train the autoencoder of latent diffusion.",
