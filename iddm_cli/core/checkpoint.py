@@ -202,7 +202,8 @@ def read_checkpoint_file(path: Path, map_location: str | torch.device = "cpu", c
         raise CheckpointError(f"{path} holds objects that could run code when loaded, so it was not loaded "
                               f"({unsafe[:200]}); use checkpoints written by iddm") from None
     except Exception as err:  # any other failure to parse: a damaged or foreign file (never executed)
-        raise CheckpointError(f"{path} is truncated or not a PyTorch checkpoint ({first_line(err)[:160]}); "
+        reason = first_line(err).split(". ")[0]  # torch's first sentence; the rest is advice about corrupt files
+        raise CheckpointError(f"{path} is truncated or not a PyTorch checkpoint ({reason[:160]}); "
                               "try an earlier checkpoint of the run") from None
     return data
 
