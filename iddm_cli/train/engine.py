@@ -589,7 +589,7 @@ def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, An
         raise
     except OSError as err:  # the log, a preview grid, a rotation: the disk failed outside a checkpoint write
         if err.errno not in ckpt.STORAGE_ERRNOS:
-            _log_failure(logger, [f"{type(err).__name__}: {first_line(err)}"])
+            _log_failure(logger, [_described(err)])
             raise
         failure = ckpt.storage_error(err, Path(err.filename) if err.filename else plan.run_dir)
         _log_failure(logger, failure.problems)
@@ -598,7 +598,7 @@ def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, An
         _log_failure(logger, err.problems)
         raise
     except Exception as err:  # out of memory, a lost peer, a bug: the log says so before the traceback does
-        _log_failure(logger, [f"{type(err).__name__}: {first_line(err)}"])
+        _log_failure(logger, [_described(err)])
         raise
     finally:
         restore_signals()
@@ -609,6 +609,11 @@ def train(plan: Plan, reporter: Reporter | None = None, provenance: dict[str, An
             lock.release()
         if session is not None:
             session.close()
+
+
+def _described(err: BaseException) -> str:
+    """An unexpected error in one line for train.log (its traceback goes to the console)."""
+    return f"{type(err).__name__}: {first_line(err)}"
 
 
 def _log_failure(logger: RunLogger | NullLogger, problems: list[str]) -> None:
