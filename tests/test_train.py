@@ -213,7 +213,7 @@ def test_the_plan_names_settings_that_play_no_part(tmp_path):
     flat = make_dataset(tmp_path / "flat", None)
     flags = {"dataset_path": str(flat), "result_path": str(tmp_path), "image_size": 8, "base_channels": 4,
              "num_classes": 3, "cfg_scale": 2.0, "keep_last": 2, "warmup_epochs": 2.0, "ema_rampup": 0.2,
-             "start_model_interval": 5, "num_vis": 3, "eval_steps": 7}
+             "start_model_interval": 5, "num_vis": 3, "eval_steps": 7, "dist_timeout": 5}
     notes = plan_training(resolve(flags=flags).config).notes
     assert [n for n in notes if "plays no part" in n] == [
         "note: data.num_classes = 3 plays no part: the model is unconditional",
@@ -224,13 +224,14 @@ def test_the_plan_names_settings_that_play_no_part(tmp_path):
         "kept",
         "note: save.keep_last = 2 plays no part: save.save_model_interval is off, so no ckpt_NNN.pt are kept",
         "note: vis.num_vis = 3 plays no part: vis.vis is off, so no preview grids are drawn",
-        "note: eval.eval_steps = 7 plays no part: eval.eval_interval is 0, so training runs no evaluation"]
+        "note: eval.eval_steps = 7 plays no part: eval.eval_interval is 0, so training runs no evaluation",
+        "note: device.dist_timeout = 5 plays no part: the run has one process, so nothing waits for another"]
     assert "note: every image is smaller than 8 px" not in " ".join(notes)  # 12 px images at 8 px
     big = plan_training(resolve(flags={**flags, "image_size": 16}).config).notes
     assert "note: every image is smaller than 16 px (shorter side: median 12 px, largest 12 px)" in " ".join(big)
     used = {**flags, "dataset_path": str(make_dataset(tmp_path / "cond", ["a", "b", "c"])),
             "lr_func": "warmup_cosine", "save_model_interval": True, "ema_halflife_kimg": 1.0, "vis": True,
-            "eval_interval": 1}
+            "eval_interval": 1, "devices": 2}
     assert not [n for n in plan_training(resolve(flags=used).config).notes if "plays no part" in n]
 
 

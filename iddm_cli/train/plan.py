@@ -328,7 +328,7 @@ def plan_training(config: Any, run_dir: Path | None = None, world: World | None 
         # a new run needs room for its first checkpoint and the next one beside it; a resumed run for one more
         check_free_space(run_dir, checkpoint_bytes(model) * (2 if new_run else 1))
     steps_per_epoch = math.ceil(math.ceil(len(data.samples) / world_size) / config.data.batch_size)
-    model_notes += unused_settings(config, conditional=not vae and data.conditional)
+    model_notes += unused_settings(config, conditional=not vae and data.conditional, processes=world_size)
     notes = [n for n in (amp_note, dir_note, *model_notes, *layout.notes, *data.notes, *(val.notes if val else []))
              if n]
     if data.size_stats[1] and data.size_stats[1] < min(h, w):
@@ -356,9 +356,11 @@ def _refuse_run_inside_data(run_dir: Path, config: Any, vae: bool) -> None:
                               f"images it {uses}, its own preview grids included; choose a --result-path outside it")
 
 
-def unused_settings(config: Any, conditional: bool) -> list[str]:
+def unused_settings(config: Any, conditional: bool, processes: int) -> list[str]:
     """A note for each setting given a value (not its default) that this run has no use for."""
     reasons = {}
+    if processes == 1:
+        reasons["dist_timeout"] = "the run has one process, so nothing waits for another"
     if not config.save.save_model_interval:
         reasons |= dict.fromkeys(("keep_last", "save_model_interval_epochs", "start_model_interval"),
                                  "save.save_model_interval is off, so no ckpt_NNN.pt are kept")
