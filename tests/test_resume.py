@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,7 +53,9 @@ def weights(run_dir):
 @pytest.mark.parametrize("workers", [0, 2], ids=["main-process", "2-workers"])
 def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, stop, workers):
     data = make_dataset(tmp_path / "d", ["a", "b", "c"], per_class=6)
-    common = {**SETTINGS, "dataset_path": str(data), "result_path": str(tmp_path), "num_workers": workers}
+    # status lines every 3 steps of 5 an epoch: the mid-epoch stop (step 7) falls inside a status line's window
+    common = {**SETTINGS, "dataset_path": str(data), "result_path": str(tmp_path), "num_workers": workers,
+              "log_every": 3}
     whole = DMTrainer(run_name="whole", reporter=SilentReporter(), **common).train()
 
     with pytest.raises(Interrupted) as err:
@@ -69,6 +73,10 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, stop, workers):
     assert a["progress"]["step"] == b["progress"]["step"] == 15 and a["ema_updates"] == b["ema_updates"]
     mismatched = [k for k in wa if not torch.equal(wa[k], wb[k])]
     assert not mismatched, mismatched[:3]
+    # the records too: each status line's and epoch's mean loss, across the interruption
+    losses = [{(r["event"], r["step"]): r["loss"] for r in map(json.loads, (run / "metrics.jsonl").open())
+               if r["event"] in ("train", "epoch")} for run in (whole.run_dir, cut)]
+    assert len(losses[0]) == 10 and losses[1] == pytest.approx(losses[0], rel=1e-12, abs=0)
 
 
 def test_resume_refuses_changes_to_the_computation_and_extends_epochs(tmp_path, invoke):
@@ -112,6 +120,35 @@ def test_start_epoch_names_the_state_after_n_epochs(tmp_path, invoke):
     (run / "ckpt_last.pt").write_bytes(b"broken")  # a damaged newest state falls back to the newest good one
     _, state, notes = plan_resume(run, {"epochs": 3})
     assert state["progress"]["epoch"] == 2 and "skipped ckpt_last.pt" in notes[0]
+
+
+def test_resume_reads_the_run_s_own_dataset_and_says_what_changed_in_it(tmp_path, invoke, monkeypatch):
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    make_dataset(project / "data", ["a", "b"])
+    make_dataset(elsewhere / "data", ["a", "b"], per_class=3)  # the same relative name, other images
+    monkeypatch.chdir(project)
+    run = DMTrainer(dataset_path="data", result_path="runs", reporter=SilentReporter(),
+                    **{**SETTINGS, "epochs": 1}).train().run_dir
+    assert f'dataset_path = "{project / "data"}"' in (project / run / "config.toml").read_text()
+    monkeypatch.chdir(elsewhere)  # resumed from another folder: the run's own images, all 12 of them
+    plan, _, _ = plan_resume(project / run, {"epochs": 2})
+    assert plan.data.root == project / "data" and len(plan.data.samples) == 12
+    assert not [n for n in plan.notes if "dataset changed" in n]
+    monkeypatch.chdir(project)  # IDDM's way: the command line again, its relative paths and all
+    result = invoke("dm", "train", "--resume", "--result-path", "runs", "--dataset-path", "data", "--epochs", "2",
+                    "--dry-run")
+    assert result.exit_code == 0, result.output
+
+    make_dataset(project / "data" / "a", None, per_class=7)  # one more image of class a (0-6.png: 0-5 are there)
+    make_dataset(project / "data" / "new", None)
+    plan, _, _ = plan_resume(project / run, {"epochs": 2})
+    notes = " ".join(plan.notes)
+    assert "the dataset changed since ckpt_last.pt was saved (13 images, it had 12; a: 7, it had 6)" in notes
+    assert f"new in {project / 'data'} is not a class of this run and left out" in notes
+    shutil.rmtree(project / "data" / "b")
+    result = invoke("resume", project / run, "--epochs", "2", "--dry-run")
+    assert result.exit_code == 3 and f"class folder {project / 'data' / 'b'} is missing: the run trains on classes " \
+        "a, b; restore it" in " ".join(result.output.split())
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

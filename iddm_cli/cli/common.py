@@ -18,8 +18,8 @@ from iddm_cli.errors import ExitCode, IddmError
 
 err_console = Console(stderr=True, highlight=False)
 
-_TYPES: dict[str, Any] = {"int": int, "float": float, "str": str, "bool": bool, "size": str, "tristate": bool,
-                         "device": str, "count": str}
+_TYPES: dict[str, Any] = {"int": int, "float": float, "str": str, "path": str, "bool": bool, "size": str,
+                         "tristate": bool, "device": str, "count": str}
 
 
 _USAGE_ERROR = typer.BadParameter.__mro__[1]  # click's UsageError, whichever click Typer ships with

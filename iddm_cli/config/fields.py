@@ -37,9 +37,10 @@ def opt(
 ) -> Any:
     """A setting with its metadata.
 
-    ``kind``: int | float | str | bool | size | tristate | device | count | strlist | intlist
-    (inferred from the default when it is not None). ``le``: an upper bound where a value could exhaust
-    memory or time.
+    ``kind``: int | float | str | path | bool | size | tristate | device | count | strlist | intlist
+    (inferred from the default when it is not None; ``path``: a file or folder, stored absolute when a run is
+    created, so that resuming from another folder reads the same one). ``le``: an upper bound where a value could
+    exhaust memory or time.
     ``alias``: more long flags. ``metavar``: what to type, in help. ``panel``: the help panel (default: the
     section's). ``shown``: the default as help shows it (default: the value). ``flag``: the long flag when it is
     not the key's name. ``off``: a boolean's negative flag ("" = none; default ``--no-NAME``). ``resumable``: may

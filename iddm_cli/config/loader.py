@@ -301,7 +301,7 @@ def coerce(spec: FieldSpec, value: Any) -> tuple[Any, str | None]:
         value = float(value)
         if not math.isfinite(value):  # NaN compares false with every bound, so it would pass them all
             return None, "a finite number"
-    elif k == "str" and not isinstance(value, str):
+    elif k in ("str", "path") and not isinstance(value, str):
         return None, "a string"
     if spec.choices and value not in spec.choices:
         return None, "one of " + ", ".join(spec.choices)

@@ -60,7 +60,7 @@ class DataConfig:
 
     dataset_path: str = opt(
         "", "Image folder: class subfolders train a conditional model, a folder of images an unconditional one. "
-        "'builtin:fashion-mnist' is the embedded demo set.", metavar="DIR"
+        "'builtin:fashion-mnist' is the embedded demo set.", metavar="DIR", kind="path"
     )
     image_size: Any = _image_size(64)
     conditional: Any = opt("auto", "Class-conditional training; auto = conditional when the folder has 2+ class "
@@ -96,7 +96,7 @@ class ModelConfig:
                                    panel="Latent diffusion")
     autoencoder_ckpt: str = opt("", "Autoencoder checkpoint (ckpt_best.pt of an `iddm vae train` run or its run "
                                 "directory). On resume: where the run's autoencoder moved (its SHA-256 is checked).",
-                                metavar="FILE", panel="Latent diffusion", resumable=True)
+                                metavar="FILE", panel="Latent diffusion", resumable=True, kind="path")
     cache_latents: bool = opt(False, "Encode the dataset once (posterior mean and std kept in memory) and draw a "
                               "latent from the posterior each step, instead of encoding every batch; no "
                               "augmentation then.", panel="Latent diffusion")
@@ -196,7 +196,7 @@ class TrainConfig:
                       "then ignored. " + ONE_LENGTH, ge=0, metavar="KIMG")
     run_name: str = opt("df", "Run directory name under result_path: one folder name.", short="-n",
                          metavar="NAME")
-    result_path: str = opt("results", "Folder that holds run directories.", metavar="DIR")
+    result_path: str = opt("results", "Folder that holds run directories.", metavar="DIR", kind="path")
     log_every: int = opt(50, "Steps between status lines and metrics.jsonl records.", ge=1, resumable=True)
     max_nonfinite: int = opt(20, "Stop after this many steps in a row with a non-finite loss or gradient "
                              "(each one is skipped; the run is stopped at the next status line, epoch end or "
@@ -207,7 +207,8 @@ class TrainConfig:
                            "state).", ge=-1, metavar="N", compat=True)
     pretrain: bool = opt(False, "Initialise the network from --pretrain-path.")
     pretrain_path: str = opt("", "Checkpoint whose weights initialise the network, or a run directory (its "
-                             "ckpt_last.pt; an autoencoder run's ckpt_best.pt).", metavar="FILE|RUN_DIR")
+                             "ckpt_last.pt; an autoencoder run's ckpt_best.pt).", metavar="FILE|RUN_DIR",
+                             kind="path")
 
 
 @dataclass(kw_only=True)
@@ -247,7 +248,7 @@ class EvalConfig:
                         le=100_000, resumable=True)
     eval_steps: int = opt(20, "DDIM steps of the evaluation samples.", ge=1, le=100_000, resumable=True)
     eval_ref: str = opt("", "Reference images or statistics file (empty = the training images; their statistics "
-                        "are cached).", metavar="DIR|FILE", resumable=True)
+                        "are cached).", metavar="DIR|FILE", resumable=True, kind="path")
 
 
 @dataclass(kw_only=True)
@@ -312,10 +313,11 @@ class AutoencoderDataConfig:
     PANEL: ClassVar[str] = "Data"
 
     train_dataset_path: str = opt("", "Training images: a folder of images, directly or in subfolders (IDDM's "
-                                  "train/images/). 'builtin:fashion-mnist' is the embedded demo set.", metavar="DIR")
+                                  "train/images/). 'builtin:fashion-mnist' is the embedded demo set.", metavar="DIR",
+                                  kind="path")
     val_dataset_path: str = opt("", "Validation images, the same layout: PSNR and SSIM on them every epoch choose "
                                 "ckpt_best.pt. 'builtin:fashion-mnist-val' is the embedded demo set's.",
-                                metavar="DIR")
+                                metavar="DIR", kind="path")
     image_size: Any = _image_size(512)
     augment: str = _augment("hflip")
     batch_size: int = _batch_size(8)

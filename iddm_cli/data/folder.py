@@ -125,8 +125,18 @@ def _scan(dataset_path: str, conditional: bool | str, num_classes: int, strict: 
     if not root.is_dir():
         raise DataError(f"dataset path {root} is not a folder ({key})")
 
-    classes = class_folders(root, conditional) if known is None else [root / name for name in known] or None
     notes: list[str] = []
+    if known:  # a resumed run's classes: each must be there; another class folder cannot join the model
+        missing = [name for name in known if not (root / name).is_dir()]
+        if missing:
+            raise DataError(f"class folder {root / missing[0]} is missing"
+                            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                            + f": the run trains on classes {', '.join(known)}; restore it to continue the run")
+        extra = [p.name for p in class_folders(root, True) or [] if p.name not in known]
+        if extra:
+            notes.append(f"{', '.join(extra)} in {root} {'is not a class' if len(extra) == 1 else 'are not classes'}"
+                         " of this run and left out (a new class needs a new run)")
+    classes = class_folders(root, conditional) if known is None else [root / name for name in known] or None
     if conditional is True and not classes:
         raise DataError(f"--conditional needs one subfolder per class, but {root} holds its images directly; "
                         "drop --conditional to train an unconditional model")

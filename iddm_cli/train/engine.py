@@ -135,6 +135,7 @@ class Session:
         self._settled_step = 0  # the step of the last settle()
         self._window = [0.0, 0]  # loss sum and applied steps since the last status line
         self._epoch_loss = [0.0, 0]  # the same since the epoch began
+        self._resumed_loss: dict[str, list[float]] = {}  # both, as a mid-epoch checkpoint left them
         self._shown_loss, self._shown_at = float("nan"), 0.0  # the progress display's loss, and when it was read
         self._last_grad = float("nan")  # the last step's gradient norm, as settle() read it
         self.batch_images = 0  # images of the current step, all ranks together
@@ -358,7 +359,10 @@ class Session:
         self.reporter.start_epoch(epoch, self.epochs_label(), steps)
         if spe > 1:  # the first step of an epoch follows the last one's epoch end: not timed (unless nothing else is)
             self._prev_end = None
-        self._epoch_loss = [0.0, 0]
+        # a resumed epoch carries on from its checkpoint's sums, so its mean and status lines are the whole run's
+        carried = self._resumed_loss if start else {}
+        self._epoch_loss, self._window = list(carried.get("epoch", [0.0, 0])), list(carried.get("window", [0.0, 0]))
+        self._resumed_loss = {}
         t0, images = time.perf_counter(), 0
         for i, (x0, y, bad) in enumerate(self.loader, start=start):
             for path in sorted(set(bad) - self.bad_files):
@@ -415,13 +419,14 @@ class Session:
             "created_config": self.plan.created_config or self.c.to_dict(),  # what config.toml must match
             "network": p.network,
             "data": {"image_size": list(p.image_size), "channels": data.channels, "conditional": data.conditional,
-                     "class_names": data.class_names, "class_counts": data.class_counts},
+                     "class_names": data.class_names, "class_counts": data.class_counts, "images": len(data.samples)},
             **self.task.payload(),
             "versions": ckpt.versions(),
             "progress": {"epoch": epochs_done, "step": self.step, "total_steps": self.total,
                          "skipped_steps": self.skipped,
                          "skipped_files": sorted(self.bad_files), "position": position,
-                         "world_size": self.world.size},
+                         "world_size": self.world.size,
+                         **({"loss_sums": {"epoch": self._epoch_loss, "window": self._window}} if position else {})},
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             "model": self.model.state_dict(),
@@ -479,6 +484,7 @@ class Session:
         if self.by_steps and progress.get("total_steps") is not None:  # the length it was given or measured
             self.total = progress["total_steps"]
         self.bad_files = set(progress.get("skipped_files", []))
+        self._resumed_loss = progress.get("loss_sums", {})
         rng = state.get("rng") or {}
         if "torch" in rng:
             torch.set_rng_state(rng["torch"])

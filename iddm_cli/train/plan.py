@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import math
 import os
@@ -25,7 +26,7 @@ from iddm_cli.core.devices import Layout, World, loader_workers, plan_layout
 from iddm_cli.core.iddm_import import load_any
 from iddm_cli.core.latent import LatentCodec, autoencoder_file, load_autoencoder
 from iddm_cli.core.rundir import check_free_space, check_writable, claim_run_dir, plan_run_dir
-from iddm_cli.data.folder import DatasetInfo, resolve_dataset_path, scan_dataset
+from iddm_cli.data.folder import BUILTIN_PREFIX, DatasetInfo, resolve_dataset_path, scan_dataset
 from iddm_cli.diffusion.schedule import PREDICTIONS
 from iddm_cli.errors import ConfigError, DataError
 from iddm_cli.metrics.fid import inception_path
@@ -264,6 +265,7 @@ def plan_training(config: Any, run_dir: Path | None = None, world: World | None 
     vae = schema_of(config) is VAE
     dir_note, new_run = None, run_dir is None
     if run_dir is None:
+        config = _absolute_paths(config)
         run_dir, dir_note = plan_run_dir(config.train.result_path, config.train.run_name)
         _refuse_run_inside_data(run_dir, config, vae)  # before scanning: a folder of old runs would read as a class
     if data is None and vae:
@@ -354,6 +356,23 @@ def _refuse_run_inside_data(run_dir: Path, config: Any, vae: bool) -> None:
             uses = "validates on" if key == "val_dataset_path" else "trains on"
             raise ConfigError(f"train.result_path: the run would go to {run_dir}, inside data.{key} ({root}), whose "
                               f"images it {uses}, its own preview grids included; choose a --result-path outside it")
+
+
+def absolute_path(value: str) -> str:
+    """A path setting's value as a run records it: absolute, from the current folder (empty and built-in datasets
+    as they are)."""
+    return os.path.abspath(os.path.expanduser(value)) if value and not value.startswith(BUILTIN_PREFIX) else value
+
+
+def _absolute_paths(config: Any) -> Any:
+    """A new run's config with every path setting absolute: config.toml and the checkpoints then name the same
+    files whichever folder the run is resumed or sampled from."""
+    config = copy.deepcopy(config)
+    for spec in schema_of(config).fields.values():
+        if spec.kind == "path":
+            section = getattr(config, spec.section)
+            setattr(section, spec.name, absolute_path(getattr(section, spec.name)))
+    return config
 
 
 def unused_settings(config: Any, conditional: bool, processes: int) -> list[str]:

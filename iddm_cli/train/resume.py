@@ -25,7 +25,7 @@ from iddm_cli.core.latent import LatentCodec, load_autoencoder
 from iddm_cli.core.rundir import RunLock
 from iddm_cli.data.folder import DatasetInfo
 from iddm_cli.errors import CheckpointError, ConfigError, DataError, IddmError, first_line
-from iddm_cli.train.plan import Plan, plan_training
+from iddm_cli.train.plan import Plan, absolute_path, plan_training
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -140,10 +140,24 @@ def plan_resume(run_dir: str | Path, overrides: dict[str, Any], start_epoch: int
     if plan.data.class_names != state["data"]["class_names"] or plan.data.channels != state["data"]["channels"]:
         raise DataError(f"the dataset at {plan.data.root} no longer matches the run (classes or channels "
                         "changed); resume needs the data the run was started with")
+    changed_data = _data_changes(plan.data, state["data"])
+    if changed_data:
+        plan.notes.append(f"note: the dataset changed since {path.name} was saved ({changed_data}): training goes "
+                          "on with it, so the run is no longer the one an uninterrupted run would have made")
     if newer:
         notes.append(f"--force: {', '.join(p.name for p in newer)} will be moved to {run}/superseded-<time>/")
     notes.append(f"continuing from {path.name}: epoch {done + 1}, batch {position}, step {state['progress']['step']}")
     return plan, state, notes
+
+
+def _data_changes(data: DatasetInfo, saved: dict[str, Any]) -> str:
+    """How the images differ in number from those the checkpoint was trained on ("" = not at all, or not known:
+    checkpoints before the total was stored have only the per-class counts)."""
+    images = saved.get("images")
+    changes = [f"{len(data.samples)} images, it had {images}"] if images not in (None, len(data.samples)) else []
+    old = saved.get("class_counts", {})
+    changes += [f"{name}: {n}, it had {old[name]}" for name, n in data.class_counts.items() if old.get(name, n) != n]
+    return "; ".join(changes)
 
 
 def _check_record(toml: Path, path: Path, state: dict[str, Any]) -> dict[str, Any]:
@@ -213,6 +227,10 @@ def _apply_overrides(config: Config, overrides: dict[str, Any], run: Path) -> li
             errors.append(f"{spec.flag}: {spec.dotted} = {raw!r}: expected {expected}")
             continue
         section = getattr(config, spec.section)
+        if spec.kind == "path":  # as the run records it; a run recorded relative paths before they were absolute
+            value = absolute_path(value)
+            if value == absolute_path(getattr(section, name)):
+                continue
         if value == getattr(section, name):
             continue
         if name == "epochs" and (config.train.kimg or config.train.max_time):  # a step budget: epochs play no part
