@@ -39,13 +39,15 @@ def pixels(folder):
 
 def test_round_trip_with_no_model_flags(runs, tmp_path):
     cond, _ = runs
-    result = run(cond, "--sampler", "ddim", "--steps", "3", "--num", "2", "--out", tmp_path / "s")
+    out = tmp_path / ("a long folder name " * 5) / "s"  # reported on one line, though longer than 80 columns
+    result = run(cond, "--sampler", "ddim", "--steps", "3", "--num", "2", "--out", out)
     assert result.exit_code == 0, result.output
-    names = sorted(p.name for p in (tmp_path / "s").iterdir())
+    assert f"6 images in {out}\n" in result.output
+    names = sorted(p.name for p in out.iterdir())
     assert names == ["cat_0000.png", "cat_0001.png", "dog_0000.png", "dog_0001.png", "grid.png", "manifest.json",
                      "owl_0000.png", "owl_0001.png"]
-    assert Image.open(tmp_path / "s" / "cat_0000.png").size == (8, 8)
-    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert Image.open(out / "cat_0000.png").size == (8, 8)
+    manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["weights"] == "ema" and manifest["settings"]["sampler"] == "ddim"
     assert manifest["classes"] == ["cat", "dog", "owl"] and manifest["checkpoint"].endswith("ckpt_last.pt")
 
@@ -134,7 +136,7 @@ def test_missing_and_corrupt_checkpoints(tmp_path):
     assert result.exit_code == 2 and "does not exist" in result.output
     (tmp_path / "bad.pt").write_bytes(b"garbage")
     result = run(tmp_path / "bad.pt")
-    assert result.exit_code == 2 and "truncated or not a PyTorch checkpoint" in result.output
+    assert result.exit_code == 2 and "not a PyTorch checkpoint" in result.output
     assert run().exit_code == 2
 
 

@@ -16,7 +16,8 @@ from typer.core import TyperCommand, TyperGroup
 from iddm_cli.config.fields import FieldSpec
 from iddm_cli.errors import ExitCode, IddmError
 
-err_console = Console(stderr=True, highlight=False)
+# soft_wrap: a line is never broken inside a path when the output is a file or a pipe (80 columns there)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 _TYPES: dict[str, Any] = {"int": int, "float": float, "str": str, "path": str, "bool": bool, "size": str,
                          "tristate": bool, "device": str, "count": str}
@@ -67,8 +68,7 @@ def _usage_errors_in_one_line(ctx: Any) -> Iterator[None]:
         if ctx.resilient_parsing or type(err).__name__ == "NoArgsIsHelpError":
             raise
         message = " ".join(err.format_message().split())
-        err_console.print(f"[bold red]error:[/] {escape(message)} (see: {escape(ctx.command_path)} --help)",
-                          soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(message)} (see: {escape(ctx.command_path)} --help)")
         raise typer.Exit(int(ExitCode.USAGE)) from None
 
 
@@ -88,7 +88,7 @@ def report_errors(fn: Callable[[], Any], debug: bool | None) -> Any:
             raise typer.Exit(int(err.exit_code)) from None
         for line in err.problems:
             where = f"rank {rank}: " if rank != "0" else ""
-            err_console.print(f"[bold red]error:[/] {escape(where + line)}", markup=True, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(where + line)}", markup=True)
         if debug is not None:
             err_console.print("[dim](--debug or IDDM_DEBUG=1 shows the traceback)[/]")
         raise typer.Exit(int(err.exit_code)) from None

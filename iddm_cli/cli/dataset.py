@@ -47,10 +47,10 @@ def _print(report, summary: str) -> None:
         table.add_row(escape(c.name), str(c.count), fmt.get("min", "-"), fmt.get("median", "-"), fmt.get("max", "-"),
                       ", ".join(f"{m} {n}" for m, n in sorted(c.modes.items())))
     table.add_row("total", str(sum(c.count for c in report.classes)), "", "", "", "", style="bold")
-    err_console.print(table)
+    err_console.print(table, soft_wrap=False)  # a table fits itself to the width
     for p in report.problems:
         colour = "red" if p.severity == "error" else "yellow"
-        err_console.print(f"[{colour}]{p.severity}[/] {escape(p.path)}: {escape(p.message)}", soft_wrap=True)
+        err_console.print(f"[{colour}]{p.severity}[/] {escape(p.path)}: {escape(p.message)}")
     err_console.print(summary, markup=False, highlight=False)
 
 
@@ -71,13 +71,13 @@ def get_command(settings: DatasetGetConfig) -> None:
         got = get_dataset(settings.name, settings.dir, settings.split, settings.source, settings.limit,
                           lambda d, t: bar.update(task, completed=d, total=t))
     for note in got.notes:
-        err_console.print(f"[yellow]note[/] {escape(note)}", soft_wrap=True)
+        err_console.print(f"[yellow]note[/] {escape(note)}")
     counts = sorted(set(got.counts.values()))
     per_class = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
     err_console.print(f"wrote {got.images} images to {got.root}: {len(got.classes)} classes, {per_class} each"
-                      f"{' (md5 verified)' if got.verified else ''}", markup=False, highlight=False, soft_wrap=True)
+                      f"{' (md5 verified)' if got.verified else ''}", markup=False, highlight=False)
     err_console.print(f"train on it: iddm dm train --dataset-path {shlex.quote(str(got.root))}", markup=False,
-                      highlight=False, soft_wrap=True)
+                      highlight=False)
 
 
 app.command("get", cls=IddmCommand, short_help="Write a standard dataset (CIFAR, MNIST) as class folders.",

@@ -75,7 +75,7 @@ def train_command(options: dict[str, Any], schema: Schema = DM) -> None:
         profile = control["profile"]
         resolved = resolve(profile, control["sets"] or [], flags, schema)
         if control["explain"]:
-            err_console.print(explain_table(resolved))
+            err_console.print(explain_table(resolved), soft_wrap=False)  # a table fits itself to the width
         check_runnable(resolved, data=not control["print_config"])  # --print-config prints a profile that runs
         if control["print_config"]:
             sys.stdout.write(to_toml(resolved.config, f" from profile {profile}" if profile else ""))

@@ -38,7 +38,7 @@ def fid_command(settings: FidConfig) -> None:
     result = _with_progress(lambda progress: evaluate_fid(settings, progress))
     for note in result.notes:
         err_console.print(note, markup=False, highlight=False)
-    err_console.print(f"reference: {result.reference}", markup=False, highlight=False, soft_wrap=True)
+    err_console.print(f"reference: {result.reference}", markup=False, highlight=False)
     if settings.json:
         sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
     else:

@@ -33,7 +33,7 @@ class RichReporter(Reporter):
         self.task: Any = None
 
     def info(self, message: str) -> None:
-        self.console.print(message, markup=False, highlight=False, soft_wrap=True)
+        self.console.print(message, markup=False, highlight=False)
 
     def start_epoch(self, epoch: int, epochs: int | str, steps: int) -> None:
         if not self.live:
@@ -53,7 +53,7 @@ class RichReporter(Reporter):
 
     def status(self, line: str) -> None:
         if not self.live:
-            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+            self.console.print(line, markup=False, highlight=False)
 
     def end_epoch(self, epoch: int, summary: dict[str, Any]) -> None:
         validation = ""
