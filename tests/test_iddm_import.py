@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -152,6 +153,13 @@ def test_iddm_convert_writes_a_checkpoint(invoke, tmp_path):
     assert not (tmp_path / "sqrt.pt").exists()
     result = invoke("convert", src, tmp_path / "t500.pt", "--noise-steps", "500")  # linear: T = 1000 only
     assert result.exit_code == 2 and "agree at T = 1000 only" in " ".join(result.output.split())
+    run = tmp_path / "iddm_run"  # an IDDM run folder: its ckpt_last.pt, as iddm sample takes it
+    run.mkdir()
+    shutil.copy(src, run / "ckpt_last.pt")
+    result = invoke("convert", run, tmp_path / "from_run.pt")
+    assert result.exit_code == 0 and "226 tensors mapped" in result.output, result.output
+    from_run = load_checkpoint(tmp_path / "from_run.pt")["model"]
+    assert all(torch.equal(from_run[k], v) for k, v in load_checkpoint(out)["model"].items())
 
 
 @pytest.mark.parametrize("name", NETS)

@@ -148,8 +148,8 @@ class ConvertConfig:
 
     PANEL: ClassVar[str] = "Convert"
 
-    checkpoint: str = opt(None, "The IDDM checkpoint (ckpt_last.pt of an IDDM 1.x run).", kind="str", argument=True,
-                          required=True, metavar="IDDM_CKPT")
+    checkpoint: str = opt(None, "The IDDM checkpoint (ckpt_last.pt of an IDDM 1.x run), or that run's folder.",
+                          kind="str", argument=True, required=True, metavar="IDDM_CKPT")
     out: str = opt(None, "The iddm checkpoint to write (a new file).", kind="str", argument=True, required=True,
                    metavar="OUT")
     noise_schedule: str = opt("linear", "The beta schedule the IDDM model was trained with (IDDM's sqrt is not "
