@@ -47,9 +47,11 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     with open(path, "wb") as fh:
         pickle.dump({"format": "iddm", "model": Evil()}, fh)
     torch.save({"format": "iddm", "x": Evil()}, tmp_path / "evil2.pt")
-    for p in (path, tmp_path / "evil2.pt"):
+    refusals = ((path, r"not a PyTorch checkpoint \(it is a pickle of protocol"),
+                (tmp_path / "evil2.pt", "could run code"))
+    for p, why in refusals:
         # refused in one line: torch's warning about a pickle protocol it did not write stays out of the output
-        with pytest.raises(CheckpointError, match="could run code|not a PyTorch checkpoint"), \
+        with pytest.raises(CheckpointError, match=why), \
                 warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
             load_checkpoint(p)
@@ -63,10 +65,15 @@ def test_truncated_foreign_and_missing_files(tmp_path):
     assert load_checkpoint(good)["w"].sum() == 1000
     cut = tmp_path / "cut.pt"
     cut.write_bytes(good.read_bytes()[:300])
-    with pytest.raises(CheckpointError, match="cut.pt is truncated") as refused:
+    with pytest.raises(CheckpointError, match="cut.pt is a truncated or damaged checkpoint") as refused:
         load_checkpoint(cut)
     # torch's reason, without its paragraph of advice cut off mid-sentence
-    assert str(refused.value).endswith("); try an earlier checkpoint of the run") and "miniz" not in str(refused.value)
+    assert str(refused.value).endswith("); another checkpoint of its run (ckpt_NNN.pt) may be intact")
+    assert "miniz" not in str(refused.value)
+    for name, content, what in (("text.pt", b"hello\n", "it is neither"), ("empty.pt", b"", "the file is empty")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(CheckpointError, match=f"{name} is not a PyTorch checkpoint \\(.*{what}"):
+            load_checkpoint(tmp_path / name)
     torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError, match="not an iddm checkpoint"):
         load_checkpoint(tmp_path / "foreign.pt")

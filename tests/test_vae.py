@@ -80,7 +80,9 @@ def test_vae_trains_validates_and_keeps_the_best(invoke, tmp_path):
     assert 'kind = "vae"' in (run / "config.toml").read_text()
     log = (run / "train.log").read_text()
     assert "val PSNR" in log and "SSIM" in log
-    # `iddm resume` continues an autoencoder run too
+    # `iddm resume` continues an autoencoder run too, and refuses its own settings with the reason
+    result = invoke("resume", run, "--epochs", "5", "--kl-weight", "0.1")
+    assert result.exit_code == 2 and "--kl-weight: optim.kl_weight cannot change when resuming" in result.output
     result = invoke("resume", run, "--epochs", "5")
     assert result.exit_code == 0, result.output
     assert len(records(run)) == 5

@@ -222,7 +222,9 @@ COMMANDS: dict[str, dict[str, FieldSpec]] = {
                   if spec.resumable and spec.compat},
                # the rest are accepted but not shown, so that a changed value gets the reason it cannot change
                **{name: replace(spec, hidden=True) for name, spec in FIELDS.items()
-                  if not spec.resumable and name != "start_epoch"}},
+                  if not spec.resumable and name != "start_epoch"},
+               **{name: replace(spec, hidden=True, short=None) for name, spec in AUTOENCODER_FIELDS.items()
+                  if name not in FIELDS}},  # an autoencoder's own (none may change)
     "sample": {**SAMPLE, **pick(RUN, "debug")},
     "eval fid": {**pick(FID, "ref", "images"),
                  "checkpoint": replace(FID["checkpoint"], argument=False, flag="--ckpt", panel="Inputs",

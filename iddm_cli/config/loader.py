@@ -327,10 +327,6 @@ def name_problem(name: str) -> str | None:
     return None
 
 
-def _describe(value: Any) -> str:
-    return f"{type(value).__name__} {value!r}" if not isinstance(value, str) else repr(value)
-
-
 # ----------------------------------------------------------------------------------------------- resolve
 # Settings that make one choice together: the highest layer that gives one of a group (a flag over --set over a
 # profile, an extending profile over its parent) makes the choice alone, and the group's values from the layers below
@@ -381,7 +377,7 @@ def resolve(profile: str | None = None, sets: list[str] | tuple[str, ...] = (),
             origin = spec.flag if source == "flag" else source.removeprefix("profile:")
             value, expected = coerce(spec, raw)
             if expected is not None:
-                errors.append(f"{origin}: {spec.dotted} = {_describe(raw)}: expected {expected}")
+                errors.append(f"{origin}: {spec.dotted} = {raw!r}: expected {expected}")
                 continue
             values[name] = value
             sources[name] = spec.flag if source == "flag" else source
@@ -425,7 +421,7 @@ def config_from_dict(data: dict[str, Any], origin: str) -> Any:
     for name, raw in flat.items():
         value, expected = coerce(schema.fields[name], raw)
         if expected is not None:
-            errors.append(f"{origin}: {schema.fields[name].dotted} = {_describe(raw)}: expected {expected}")
+            errors.append(f"{origin}: {schema.fields[name].dotted} = {raw!r}: expected {expected}")
         values[name] = value
     if errors:
         raise ConfigError(*errors)

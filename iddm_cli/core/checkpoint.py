@@ -194,18 +194,29 @@ def read_checkpoint_file(path: Path, map_location: str | torch.device = "cpu", c
                               weights_only=True)
     except pickle.UnpicklingError as err:
         lines = [x.strip() for x in str(err).splitlines()]
-        unsafe = next((x for x in lines if "Unsupported global" in x), None)
+        unsafe = next((x for x in lines if "unsupported global" in x.lower()), None)  # an import: code could run
         if unsafe is None:  # not a pickle at all, or a damaged one
-            detail = next((x for x in lines if x.startswith("Unsupported")), "unreadable pickle")
-            raise CheckpointError(f"{path} is truncated or not a PyTorch checkpoint ({detail[:160]}); "
-                                  "try an earlier checkpoint of the run") from None
+            raise _unreadable(path, content, "unreadable pickle") from None
         raise CheckpointError(f"{path} holds objects that could run code when loaded, so it was not loaded "
                               f"({unsafe[:200]}); use checkpoints written by iddm") from None
     except Exception as err:  # any other failure to parse: a damaged or foreign file (never executed)
-        reason = first_line(err).split(". ")[0]  # torch's first sentence; the rest is advice about corrupt files
-        raise CheckpointError(f"{path} is truncated or not a PyTorch checkpoint ({reason[:160]}); "
-                              "try an earlier checkpoint of the run") from None
+        raise _unreadable(path, content, first_line(err).split(". ")[0]) from None  # torch's first sentence
     return data
+
+
+def _unreadable(path: Path, content: bytes | None, reason: str) -> CheckpointError:
+    """A file torch.load could not parse: a damaged checkpoint (torch.save's zip archive, or a pickle), or another
+    kind of file, told apart by its first bytes."""
+    if content is None:
+        with open(path, "rb") as fh:
+            content = fh.read(2)
+    if content[:2] in (b"PK", b"\x80\x02"):  # a zip archive, or the pickle (protocol 2) of torch's legacy format
+        return CheckpointError(f"{path} is a truncated or damaged checkpoint ({reason[:160]}); another checkpoint "
+                               "of its run (ckpt_NNN.pt) may be intact")
+    what = ("the file is empty" if not content else
+            f"it is a pickle of protocol {content[1]}, which torch.save does not write" if content[:1] == b"\x80" else
+            "torch.save writes a zip archive or a pickle, and it is neither")
+    return CheckpointError(f"{path} is not a PyTorch checkpoint ({what})")
 
 
 def load_stored(network: dict[str, Any], state: dict[str, Any], source: Any, check_only: bool = False) -> nn.Module:
