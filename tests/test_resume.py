@@ -147,8 +147,13 @@ def test_resume_reads_the_run_s_own_dataset_and_says_what_changed_in_it(tmp_path
     assert f"new in {project / 'data'} is not a class of this run and left out" in notes
     shutil.rmtree(project / "data" / "b")
     result = invoke("resume", project / run, "--epochs", "2", "--dry-run")
-    assert result.exit_code == 3 and f"class folder {project / 'data' / 'b'} is missing: the run trains on classes " \
-        "a, b; restore it" in " ".join(result.output.split())
+    assert result.exit_code == 3 and f"class folder {project / 'data' / 'b'} is missing: the run trains on 2 " \
+        "classes (a, b); restore it" in " ".join(result.output.split())
+    # a run whose images moved: --dataset-path says where, and the run's classes must be there
+    shutil.copytree(elsewhere / "data", tmp_path / "moved")
+    result = invoke("resume", project / run, "--epochs", "2", "--dataset-path", tmp_path / "moved", "--dry-run")
+    assert result.exit_code == 0 and f"changed on resume: data.dataset_path '{project / 'data'}' -> " \
+        f"'{tmp_path / 'moved'}'" in " ".join(result.output.split())
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

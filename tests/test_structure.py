@@ -81,7 +81,7 @@ def test_resume_help_lists_exactly_the_resumable_settings(runner):
     assert shown == expected
     # a setting left out keeps the run's value, so no schema default is shown for one
     assert "(default: the run's)" in result.output and "(default: 300)" not in result.output
-    assert len(resumable) == 27  # 21, the autoencoder file (moved), the 4 evaluation settings and --compile
+    assert len(resumable) == 28  # 21, the dataset and autoencoder file (moved), the 4 evaluation settings, --compile
 
 
 # ----------------------------------------------------------------------------------------------- imports

@@ -60,7 +60,8 @@ class DataConfig:
 
     dataset_path: str = opt(
         "", "Image folder: class subfolders train a conditional model, a folder of images an unconditional one. "
-        "'builtin:fashion-mnist' is the embedded demo set.", metavar="DIR", kind="path"
+        "'builtin:fashion-mnist' is the embedded demo set. On resume: where the run's images moved (its classes "
+        "must be there).", metavar="DIR", kind="path", resumable=True
     )
     image_size: Any = _image_size(64)
     conditional: Any = opt("auto", "Class-conditional training; auto = conditional when the folder has 2+ class "
@@ -313,11 +314,11 @@ class AutoencoderDataConfig:
     PANEL: ClassVar[str] = "Data"
 
     train_dataset_path: str = opt("", "Training images: a folder of images, directly or in subfolders (IDDM's "
-                                  "train/images/). 'builtin:fashion-mnist' is the embedded demo set.", metavar="DIR",
-                                  kind="path")
+                                  "train/images/). 'builtin:fashion-mnist' is the embedded demo set. On resume: where "
+                                  "the run's images moved.", metavar="DIR", kind="path", resumable=True)
     val_dataset_path: str = opt("", "Validation images, the same layout: PSNR and SSIM on them every epoch choose "
-                                "ckpt_best.pt. 'builtin:fashion-mnist-val' is the embedded demo set's.",
-                                metavar="DIR", kind="path")
+                                "ckpt_best.pt. 'builtin:fashion-mnist-val' is the embedded demo set's. On resume: "
+                                "where they moved.", metavar="DIR", kind="path", resumable=True)
     image_size: Any = _image_size(512)
     augment: str = _augment("hflip")
     batch_size: int = _batch_size(8)

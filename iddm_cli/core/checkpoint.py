@@ -208,14 +208,17 @@ def _unreadable(path: Path, content: bytes | None, reason: str) -> CheckpointErr
     """A file torch.load could not parse: a damaged checkpoint (torch.save's zip archive, or a pickle), or another
     kind of file, told apart by its first bytes."""
     if content is None:
-        with open(path, "rb") as fh:
-            content = fh.read(2)
+        try:
+            with open(path, "rb") as fh:
+                content = fh.read(2)
+        except OSError as err:  # unreadable (permissions): what torch.load met too
+            return CheckpointError(f"{path} cannot be read ({err.strerror})")
     if content[:2] in (b"PK", b"\x80\x02"):  # a zip archive, or the pickle (protocol 2) of torch's legacy format
         return CheckpointError(f"{path} is a truncated or damaged checkpoint ({reason[:160]}); another checkpoint "
                                "of its run (ckpt_NNN.pt) may be intact")
     what = ("the file is empty" if not content else
-            f"it is a pickle of protocol {content[1]}, which torch.save does not write" if content[:1] == b"\x80" else
-            "torch.save writes a zip archive or a pickle, and it is neither")
+            f"it is a pickle of protocol {content[1]}, which torch.load cannot read as one" if len(content) > 1
+            and content[:1] == b"\x80" else "torch.save writes a zip archive or a pickle, and it is neither")
     return CheckpointError(f"{path} is not a PyTorch checkpoint ({what})")
 
 

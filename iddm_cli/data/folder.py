@@ -131,10 +131,11 @@ def _scan(dataset_path: str, conditional: bool | str, num_classes: int, strict: 
         if missing:
             raise DataError(f"class folder {root / missing[0]} is missing"
                             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-                            + f": the run trains on classes {', '.join(known)}; restore it to continue the run")
+                            + f": the run trains on {len(known)} classes ({_first(known)}); restore "
+                            + ("it" if len(missing) == 1 else "them") + " to continue the run")
         extra = [p.name for p in class_folders(root, True) or [] if p.name not in known]
         if extra:
-            notes.append(f"{', '.join(extra)} in {root} {'is not a class' if len(extra) == 1 else 'are not classes'}"
+            notes.append(f"{_first(extra)} in {root} {'is not a class' if len(extra) == 1 else 'are not classes'}"
                          " of this run and left out (a new class needs a new run)")
     classes = class_folders(root, conditional) if known is None else [root / name for name in known] or None
     if conditional is True and not classes:
@@ -169,6 +170,10 @@ def _scan(dataset_path: str, conditional: bool | str, num_classes: int, strict: 
     counts = {name: sum(1 for _, label in samples if label == i) for i, name in enumerate(class_names)}
     _refuse_empty_classes(root, [name for name, n in counts.items() if not n], "readable images")
     return DatasetInfo(root, is_conditional, class_names, samples, channels, counts, notes, sizes)
+
+
+def _first(names: list[str], n: int = 5) -> str:
+    return ", ".join(names[:n]) + (f", ... ({len(names) - n} more)" if len(names) > n else "")
 
 
 def _refuse_empty_classes(root: Path, empty: list[str], what: str) -> None:

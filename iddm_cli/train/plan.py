@@ -361,7 +361,7 @@ def _refuse_run_inside_data(run_dir: Path, config: Any, vae: bool) -> None:
 def absolute_path(value: str) -> str:
     """A path setting's value as a run records it: absolute, from the current folder (empty and built-in datasets
     as they are)."""
-    return os.path.abspath(os.path.expanduser(value)) if value and not value.startswith(BUILTIN_PREFIX) else value
+    return str(Path(value).expanduser().absolute()) if value and not value.startswith(BUILTIN_PREFIX) else value
 
 
 def _absolute_paths(config: Any) -> Any:
