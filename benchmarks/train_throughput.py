@@ -125,8 +125,13 @@ def table(args: argparse.Namespace, name: str) -> None:
                         print(f"| {network} | {size} | {variant} | | {r['skipped']} | | |", flush=True)
                         continue
                     peak = f"{r['peak_mb']:.0f}" if r["device"].startswith("cuda") else "-"  # CPU: no per-row peak
-                    print(f"| {network} | {size} | {variant} | {r['gflop_per_image']:.2f} | {r['images_per_s']:.1f} "
-                          f"| {r['gflops']:.1f} | {peak} |", flush=True)
+                    print(f"| {network} | {size} | {variant} | {_figure(r['gflop_per_image'])} | "
+                          f"{_figure(r['images_per_s'])} | {_figure(r['gflops'])} | {peak} |", flush=True)
+
+
+def _figure(x: float) -> str:
+    """One decimal, or three significant digits below 10: a tiny network's GFLOP never prints as 0.0."""
+    return f"{x:.1f}" if x >= 10 else f"{x:.3g}"
 
 
 def main() -> None:
