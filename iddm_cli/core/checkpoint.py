@@ -216,9 +216,12 @@ def _unreadable(path: Path, content: bytes | None, reason: str) -> CheckpointErr
     if content[:2] in (b"PK", b"\x80\x02"):  # a zip archive, or the pickle (protocol 2) of torch's legacy format
         return CheckpointError(f"{path} is a truncated or damaged checkpoint ({reason[:160]}); another checkpoint "
                                "of its run (ckpt_NNN.pt) may be intact")
-    what = ("the file is empty" if not content else
-            f"it is a pickle of protocol {content[1]}, which torch.load cannot read as one" if len(content) > 1
-            and content[:1] == b"\x80" else "torch.save writes a zip archive or a pickle, and it is neither")
+    if not content:
+        what = "the file is empty"
+    elif len(content) > 1 and content[:1] == b"\x80":
+        what = f"it is a pickle of protocol {content[1]}, which torch.load cannot read as one"
+    else:
+        what = "torch.save writes a zip archive or a pickle, and it is neither"
     return CheckpointError(f"{path} is not a PyTorch checkpoint ({what})")
 
 

@@ -158,7 +158,7 @@ def _scan(dataset_path: str, conditional: bool | str, num_classes: int, strict: 
     is_conditional = bool(class_names)
     if is_conditional and num_classes and num_classes != len(class_names):
         raise DataError(f"data.num_classes is {num_classes} but {root} has {len(class_names)} class folders "
-                        f"({', '.join(class_names[:5])}{', ...' if len(class_names) > 5 else ''})")
+                        f"({_first(class_names)})")
     channels, sizes, bad = _inspect_headers(samples)
     if bad and strict:
         raise DataError(f"{len(bad)} file(s) cannot be read as images, first: {bad[0]} (--strict-data)")
@@ -173,7 +173,8 @@ def _scan(dataset_path: str, conditional: bool | str, num_classes: int, strict: 
 
 
 def _first(names: list[str], n: int = 5) -> str:
-    return ", ".join(names[:n]) + (f", ... ({len(names) - n} more)" if len(names) > n else "")
+    """The first ``n`` names, for a message."""
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
 
 
 def _refuse_empty_classes(root: Path, empty: list[str], what: str) -> None:
